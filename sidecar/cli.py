@@ -1,0 +1,349 @@
+"""The command line: argparse, logging, signals, exit codes.
+
+The only module that touches the process.
+
+Exit codes: 0 success; 78 (EX_CONFIG) bad config, unusable state file or bot token rejected
+(systemd must not restart-loop on it); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sidecar import __version__
+from sidecar.config import Config, ConfigError, load_config, new_token
+
+EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
+CONFIG_ENV = "MM_SIDECAR_CONFIG"
+
+log = logging.getLogger("sidecar")
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+class _Redact(logging.Filter):
+    """Defence in depth: no configured secret ever reaches a log line, even by accident."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(s in message for s in self.secrets):
+                for s in self.secrets:
+                    message = message.replace(s, "***")
+                record.msg, record.args = message, None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line with stable keys: ts, level, logger, msg (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(
+    fmt: str = "text", secrets: Sequence[str] = (), level: int = logging.INFO
+) -> None:
+    """Configure the root logger for the process (libraries never do this)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        # journald stamps every line itself; elsewhere a short local time helps.
+        stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
+        handler.setFormatter(
+            logging.Formatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+        )
+    handler.addFilter(_Redact(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("websockets", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret in a config, for the log redaction filter."""
+    secrets = [config.mattermost.token]
+    for w in config.webhooks:
+        secrets.append(w.token)
+        secrets.extend(w.signing_secrets)
+    return secrets
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError([f"no config file: pass -c FILE or set {CONFIG_ENV}"])
+    return str(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config offline; print every error, or a summary of the webhooks."""
+    from sidecar.delivery import check_url
+
+    try:
+        config = load_config(_config_path(args))
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return EX_CONFIG
+    warnings = list(config.warnings)
+    allowed = config.sidecar.allowed_untrusted_internal_connections
+    for w in config.webhooks:
+        for i, url in enumerate(w.callback_urls):
+            problem = check_url(url, allowed, resolve=False)
+            if problem:
+                warnings.append(f"{config.path}: webhook[{w.index}].callback_urls[{i}]: {problem}")
+    print(
+        f"{config.path}: OK — {len(config.webhooks)} webhook(s), Mattermost at "
+        f"{config.mattermost.url}"
+    )
+    for w in config.webhooks:
+        print(f"  {w.name}: {_describe(w)}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EX_OK
+
+
+def _describe(w: Any) -> str:
+    parts = [",".join(sorted(w.events))]
+    if w.trigger_words:
+        how = "prefix" if w.trigger_when == 1 else "exact"
+        parts.append(f"words {list(w.trigger_words)} ({how})")
+    if w.trigger_regex is not None:
+        parts.append(f"regex {w.trigger_regex.pattern!r}")
+    if not w.trigger_words and w.trigger_regex is None:
+        parts.append("every message")
+    if w.team:
+        parts.append(f"team {w.team}")
+    if w.channels:
+        parts.append(f"channels {list(w.channels)}")
+    types = sorted(w.channel_types) if w.channel_types is not None else "from channels"
+    parts.append(f"types {types}")
+    if w.users:
+        parts.append(f"users {list(w.users)}")
+    if w.exclude_users:
+        parts.append(f"not {list(w.exclude_users)}")
+    parts.append(f"→ {len(w.callback_urls)} URL(s), {w.content_type}")
+    if w.signing_secrets:
+        parts.append("signed")
+    if w.retries:
+        parts.append(f"{w.retries} retries")
+    return "; ".join(parts)
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    """Offline dry run: which webhooks match, and the exact request each would send."""
+    from sidecar.dryrun import dry_run
+
+    try:
+        config = load_config(_config_path(args))
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    print(dry_run(config, args), end="")
+    return EX_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a new Mattermost-style token."""
+    print(new_token())
+    return EX_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon."""
+    try:
+        path = _config_path(args)
+        config = load_config(path)
+    except ConfigError as exc:
+        setup_logging()
+        for line in exc.errors:
+            log.error("%s", line)
+        return EX_CONFIG
+    setup_logging(
+        config.sidecar.log_format,
+        config_secrets(config),
+        logging.DEBUG if args.verbose else logging.INFO,
+    )
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return asyncio.run(_run(path, config, reset_state=args.reset_state))
+
+
+async def _run(path: str, config: Config, *, reset_state: bool) -> int:
+    from sidecar.app import Sidecar
+    from sidecar.mattermost import MattermostError, Unauthorized
+    from sidecar.notify import Notifier
+    from sidecar.state import State, StateError
+
+    if reset_state:
+        aside = State.reset(config.sidecar.state_dir)
+        if aside:
+            log.warning("--reset-state: moved the old state file to %s", aside)
+    loop = asyncio.get_running_loop()
+    stop, hup = asyncio.Event(), asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    log.info("mm-sidecar %s starting: %d webhooks", __version__, len(config.webhooks))
+    app = Sidecar(config, notifier=Notifier())
+    reloader = asyncio.create_task(_reloader(app, path, hup), name="reloader")
+    try:
+        async with app:
+            await app.serve(stop)
+    except Unauthorized as exc:
+        log.error("the bot token was rejected by the server (%s): fix the token; not retrying", exc)
+        return EX_CONFIG
+    except StateError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    except MattermostError as exc:
+        log.error("cannot reach Mattermost: %s", exc)
+        return EX_FAIL
+    finally:
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+    return EX_OK
+
+
+async def _reloader(app: Any, path: str, hup: asyncio.Event) -> None:
+    """SIGHUP: load the config again; an invalid one is logged and the old one kept."""
+    while True:
+        await hup.wait()
+        hup.clear()
+        log.info("SIGHUP: reloading %s", path)
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            app.metrics.config_reloads.labels("error").inc()
+            for line in exc.errors:
+                log.error("reload refused: %s", line)
+            log.error("reload refused: keeping the running config (%d errors)", len(exc.errors))
+            continue
+        for handler in logging.getLogger().handlers:
+            for f in handler.filters:
+                if isinstance(f, _Redact):
+                    f.secrets = sorted(set(f.secrets) | set(config_secrets(config)))
+        app.reload(config)
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Run the Mattermost emulator alone."""
+    from sidecar.testing.__main__ import main as emulator_main
+
+    argv = ["--port", str(args.port)]
+    if args.seed:
+        argv += ["--seed", args.seed]
+    return emulator_main(argv)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole loop on one machine, no setup."""
+    from sidecar.demo import demo
+
+    setup_logging(level=logging.WARNING)
+    return asyncio.run(demo(keep_running=args.keep_running))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mm-sidecar`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="mm-sidecar",
+        description="Mattermost outgoing webhooks, extended: a daemon beside your server.",
+    )
+    parser.add_argument("--version", action="version", version=f"mm-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", help=f"config file (default: ${CONFIG_ENV})")
+
+    p = sub.add_parser("run", help="run the daemon")
+    with_config(p)
+    p.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="move the state file aside (kept, renamed) and start afresh",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("check", help="validate the config (offline)")
+    with_config(p)
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("match", help="offline dry run: which webhooks match, what they send")
+    with_config(p)
+    p.add_argument("--channel", required=True, help="channel name (or id)")
+    p.add_argument("--text", required=True, help="the message text")
+    p.add_argument("--user", default="someone", help="the poster's username")
+    p.add_argument(
+        "--channel-type", default="public", choices=["public", "private", "direct", "group"]
+    )
+    p.add_argument("--team", default="", help="team name (or id)")
+    p.add_argument("--event", default="posted", choices=["posted", "post_edited", "reaction_added"])
+    p.add_argument("--emoji", default="thumbsup", help="emoji name for --event reaction_added")
+    p.add_argument("--show-secrets", action="store_true", help="show token and signatures")
+    p.set_defaults(fn=cmd_match)
+
+    p = sub.add_parser("token", help="print a new 26-character Mattermost-style token")
+    p.set_defaults(fn=cmd_token)
+
+    p = sub.add_parser("demo", help="the whole loop on this machine, no setup")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the emulator, callback and sidecar up afterwards",
+    )
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
+    p.add_argument("--port", type=int, default=8065)
+    p.add_argument("--seed", help="seed file (TOML or JSON)")
+    p.set_defaults(fn=cmd_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mm-sidecar`` and ``python -m sidecar``."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return EX_OK
+    return code

@@ -1,0 +1,246 @@
+"""The websocket: header auth, hello, seq, resume, ping liveness, reconnect with backoff + jitter.
+
+The gateway turns the server's event stream into a stream of items for the app: every typed
+event (``events.py``) and a ``Connected`` marker after each (re)connection that says whether
+events may have been missed (a gap), in which case the app catches up over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+from sidecar.events import MAX_FRAME_BYTES, Event, FrameError, Hello, parse_frame
+from sidecar.mattermost import Unauthorized
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL = 30.0  # the server pings every 60 s; we ping more often to notice a dead link
+PONG_TIMEOUT = 20.0  # a pong later than this means the connection is dead
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The websocket is (again) authenticated and receiving.
+
+    ``gap`` is true when events may have been missed since the last one processed: the first
+    connection of the process, a new hello after a failed resume, or a hole in ``seq``.
+    """
+
+    connection_id: str
+    resumed: bool
+    gap: bool
+    server_version: str = ""
+
+
+Item = Event | Connected
+Sink = Callable[[Item], Awaitable[None]]
+
+
+def websocket_url(base_url: str) -> str:
+    """``https://host/sub`` → ``wss://host/sub/api/v4/websocket``."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/") + "/api/v4/websocket"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+class Gateway:
+    """Follows the event stream until ``stop`` is set. Constructing it does no I/O."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        sink: Sink,
+        *,
+        ping_interval: float = PING_INTERVAL,
+        pong_timeout: float = PONG_TIMEOUT,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        user_agent: str = "mm-sidecar",
+        on_status: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._url = websocket_url(url)
+        self._token = token
+        self._sink = sink
+        self._ping_interval = ping_interval
+        self._pong_timeout = pong_timeout
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._user_agent = user_agent
+        self._on_status = on_status or (lambda _text: None)
+        self._rng = rng or random.Random()
+        self.connection_id = ""
+        self.next_seq = 0
+        self.connected = False
+        self.reconnects = 0
+        self._ws: ClientConnection | None = None
+
+    def __repr__(self) -> str:
+        return f"Gateway({self._url!r}, connected={self.connected})"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, read, reconnect; return when ``stop`` is set. Raises Unauthorized on 401."""
+        failures = 0
+        first = True
+        while not stop.is_set():
+            reason = ""
+            try:
+                got_frames = await self._session(stop, first)
+                first = False
+                if got_frames:
+                    failures = 0
+                reason = "closed by the server"
+            except Unauthorized:
+                raise
+            except ConnectionClosed as exc:
+                reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status == 401:
+                    raise Unauthorized(
+                        "websocket upgrade: 401, the bot token was rejected", status=401
+                    ) from exc
+                reason = f"upgrade refused with HTTP {status}"
+            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except InvalidURI as exc:  # pragma: no cover - config validation prevents it
+                raise ValueError(str(exc)) from exc
+            finally:
+                self.connected = False
+                self._ws = None
+            if stop.is_set():
+                break
+            delay = self._rng.uniform(0, min(self._backoff_cap, self._backoff_base * 2**failures))
+            failures += 1
+            self.reconnects += 1
+            log.warning(
+                "websocket %s; reconnecting in %.1f s (attempt %d)", reason, delay, failures
+            )
+            self._on_status(f"reconnecting in {delay:.0f} s")
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        """Close the current socket, if any (``run`` then notices ``stop``)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _session(self, stop: asyncio.Event, first: bool) -> bool:
+        """One connection, until it drops or ``stop`` is set. True if it delivered frames."""
+        resume = bool(self.connection_id)
+        url = self._url
+        if resume:
+            url += "?" + urlencode(
+                {"connection_id": self.connection_id, "sequence_number": str(self.next_seq)}
+            )
+        async with connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {self._token}"},
+            user_agent_header=self._user_agent,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._pong_timeout,
+            max_size=MAX_FRAME_BYTES,
+            max_queue=256,
+            open_timeout=30,
+            close_timeout=5,
+            proxy=None,
+            compression=None,
+        ) as ws:
+            self._ws = ws
+            if resume:
+                # Authenticated at upgrade: the server replays what we missed, or says hello
+                # with a new connection id if it cannot.
+                self.connected = True
+                log.info(
+                    "websocket reconnected; resuming %s at seq %d",
+                    self.connection_id,
+                    self.next_seq,
+                )
+                self._on_status("connected")
+                await self._sink(Connected(self.connection_id, resumed=True, gap=False))
+            got = False
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                while True:
+                    reader = asyncio.ensure_future(ws.recv())
+                    done, _ = await asyncio.wait(
+                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if reader not in done:
+                        reader.cancel()
+                        await ws.close()
+                        return got
+                    raw = reader.result()
+                    got = True
+                    await self._frame(raw, first)
+            finally:
+                stopper.cancel()
+
+    async def _frame(self, raw: str | bytes, first: bool) -> None:
+        try:
+            frame = parse_frame(raw)
+        except FrameError as exc:
+            seq = getattr(exc, "seq", None)
+            log.warning("skipped a malformed websocket frame (seq %s): %s", seq, exc)
+            if isinstance(seq, int):
+                self._advance(seq)
+            return
+        event = frame.event
+        if isinstance(event, Hello):
+            gap = first or event.connection_id != self.connection_id or not self.connected
+            resumed_id = self.connection_id
+            self.connection_id = event.connection_id
+            self.next_seq = (frame.seq or 0) + 1
+            self.connected = True
+            if resumed_id and resumed_id != event.connection_id:
+                log.warning(
+                    "websocket resume refused (new connection %s): catching up over REST",
+                    event.connection_id,
+                )
+            else:
+                log.info(
+                    "websocket connected (connection %s, server %s)",
+                    event.connection_id,
+                    event.server_version,
+                )
+            self._on_status("connected")
+            await self._sink(
+                Connected(
+                    event.connection_id, resumed=False, gap=gap, server_version=event.server_version
+                )
+            )
+            return
+        if frame.seq is None:
+            return  # a reply to one of our actions
+        if frame.seq < self.next_seq:
+            log.debug("skipped replayed frame seq %d (expected %d)", frame.seq, self.next_seq)
+            return
+        if frame.seq > self.next_seq:
+            log.warning(
+                "websocket seq jumped from %d to %d: catching up over REST",
+                self.next_seq,
+                frame.seq,
+            )
+            await self._sink(Connected(self.connection_id, resumed=True, gap=True))
+        self.next_seq = frame.seq + 1
+        if event is not None:
+            await self._sink(event)
+
+    def _advance(self, seq: int) -> None:
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1

@@ -1,0 +1,330 @@
+"""The Mattermost REST client: one pooled aiohttp session, async, with cached lookups.
+
+Only the calls the sidecar needs (reference §5). Users, teams and channels are cached for a
+bounded time and invalidated by ``user_updated`` / ``channel_updated`` events, so a rename is
+followed; concurrent lookups of the same object share one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+
+from sidecar.models import Channel, ObjectError, Post, Team, User
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a page of 1000 posts of 16 KiB each, with room
+CACHE_TTL = 300.0
+
+T = TypeVar("T")
+
+
+class MattermostError(Exception):
+    """The server refused a call or answered something we cannot use."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_id: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Connection errors, timeouts, 429 and 5xx may succeed later; other 4xx never will."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class Unauthorized(MattermostError):
+    """401: the bot token was rejected. Fatal (exit 78): retrying cannot help."""
+
+
+class _Cache(Generic[T]):
+    """A TTL cache whose concurrent misses for one key share one lookup."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._values: dict[Hashable, tuple[float, T]] = {}
+        self._pending: dict[Hashable, asyncio.Future[T]] = {}
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        hit = self._values.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(value)
+            self._values[key] = (now + self._ttl, value)
+            return value
+        finally:
+            del self._pending[key]
+
+    def put(self, key: Hashable, value: T) -> None:
+        self._values[key] = (time.monotonic() + self._ttl, value)
+
+    def forget(self, key: Hashable) -> None:
+        self._values.pop(key, None)
+
+
+class RestClient:
+    """Async calls to ``<url>/api/v4`` with the bot token. Constructing it does no I/O."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        verify_tls: bool = True,
+        user_agent: str = "mm-sidecar",
+        timeout: float = 30.0,
+        cache_ttl: float = CACHE_TTL,
+    ) -> None:
+        self.base = url.rstrip("/") + "/api/v4"
+        self._token = token
+        self._verify_tls = verify_tls
+        self._user_agent = user_agent
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+        self._session: aiohttp.ClientSession | None = None
+        self._users: _Cache[User] = _Cache(cache_ttl)
+        self._teams: _Cache[Team] = _Cache(cache_ttl)
+        self._channels: _Cache[Channel] = _Cache(cache_ttl)
+
+    def __repr__(self) -> str:
+        return f"RestClient({self.base!r})"
+
+    async def start(self) -> None:
+        """Open the pooled session."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._verify_tls, limit=32)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={
+                    "Authorization": f"Bearer {self._token}",
+                    "User-Agent": self._user_agent,
+                    "X-Requested-With": "XMLHttpRequest",
+                },
+                trust_env=False,
+            )
+
+    async def close(self) -> None:
+        """Close the session; pending calls fail."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> RestClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One REST call; returns the decoded JSON or raises MattermostError / Unauthorized."""
+        if self._session is None:
+            raise RuntimeError("RestClient is not started")
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with self._session.request(
+                method,
+                self.base + path,
+                data=data,
+                params=params,
+                headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise MattermostError(f"{method} {path}: timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise MattermostError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if len(raw) > MAX_BODY_BYTES:
+            raise MattermostError(
+                f"{method} {path}: answer over {MAX_BODY_BYTES} bytes", status=status
+            )
+        if status >= 300:
+            message, error_id = _error_text(raw)
+            cls = Unauthorized if status == 401 else MattermostError
+            raise cls(
+                f"{method} {path}: {status} {message}",
+                status=status,
+                error_id=error_id,
+                retry_after=retry_after,
+            )
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MattermostError(
+                f"{method} {path}: answer is not JSON: {_snippet(raw)}", status=status
+            ) from exc
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    async def me(self) -> User:
+        """The bot's own user."""
+        return _parse(User.from_dict, await self.call("GET", "/users/me"), "user")
+
+    async def user(self, user_id: str) -> User:
+        """A user by id (cached)."""
+
+        async def load() -> User:
+            return _parse(User.from_dict, await self.call("GET", f"/users/{user_id}"), "user")
+
+        return await self._users.get(user_id, load)
+
+    async def user_by_username(self, username: str) -> User:
+        """A user by username (not cached: used rarely)."""
+        data = await self.call("GET", f"/users/username/{username}")
+        user = _parse(User.from_dict, data, "user")
+        self._users.put(user.id, user)
+        return user
+
+    async def team(self, team_id: str) -> Team:
+        """A team by id (cached)."""
+
+        async def load() -> Team:
+            return _parse(Team.from_dict, await self.call("GET", f"/teams/{team_id}"), "team")
+
+        return await self._teams.get(team_id, load)
+
+    async def my_teams(self) -> list[Team]:
+        """The teams the bot belongs to."""
+        data = await self.call("GET", "/users/me/teams")
+        if not isinstance(data, list):
+            raise MattermostError("GET /users/me/teams: expected a list")
+        teams = [_parse(Team.from_dict, t, "team") for t in data]
+        for t in teams:
+            self._teams.put(t.id, t)
+        return teams
+
+    async def channel(self, channel_id: str) -> Channel:
+        """A channel by id (cached)."""
+
+        async def load() -> Channel:
+            data = await self.call("GET", f"/channels/{channel_id}")
+            return _parse(Channel.from_dict, data, "channel")
+
+        return await self._channels.get(channel_id, load)
+
+    async def my_channels(self, team_id: str) -> list[Channel]:
+        """The bot's channels in a team (the server adds its direct and group channels)."""
+        data = await self.call("GET", f"/users/me/teams/{team_id}/channels")
+        if not isinstance(data, list):
+            raise MattermostError("GET channels for user: expected a list")
+        channels = [_parse(Channel.from_dict, c, "channel") for c in data]
+        for c in channels:
+            self._channels.put(c.id, c)
+        return channels
+
+    def forget_channel(self, channel_id: str) -> None:
+        """Drop a cached channel (after ``channel_updated``)."""
+        self._channels.forget(channel_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop a cached user (after ``user_updated``)."""
+        self._users.forget(user_id)
+
+    async def post(self, post_id: str) -> Post:
+        """A post by id."""
+        return _parse(Post.from_dict, await self.call("GET", f"/posts/{post_id}"), "post")
+
+    async def posts_since(self, channel_id: str, since: int) -> list[Post]:
+        """Posts of a channel with ``update_at > since`` (new, edited, deleted; at most 1000).
+
+        Only the posts in ``order`` are returned: thread roots that the server adds to
+        ``posts`` for context were not changed.
+        """
+        data = await self.call("GET", f"/channels/{channel_id}/posts", params={"since": str(since)})
+        if not isinstance(data, dict):
+            raise MattermostError("posts since: expected an object")
+        order = data.get("order") or []
+        posts = data.get("posts") or {}
+        if not isinstance(order, list) or not isinstance(posts, dict):
+            raise MattermostError("posts since: bad PostList shape")
+        return [_parse(Post.from_dict, posts[i], "post") for i in order if i in posts]
+
+    async def create_post(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /posts``; returns the created post's JSON."""
+        data = await self.call("POST", "/posts", body=body)
+        if not isinstance(data, dict):
+            raise MattermostError("create post: expected an object")
+        return data
+
+    async def client_config(self) -> dict[str, Any]:
+        """The server's client config (old format: string values)."""
+        data = await self.call("GET", "/config/client", params={"format": "old"})
+        if not isinstance(data, dict):
+            raise MattermostError("client config: expected an object")
+        return data
+
+
+def _parse(fn: Callable[[Any], T], data: Any, what: str) -> T:
+    try:
+        return fn(data)
+    except ObjectError as exc:
+        raise MattermostError(f"bad {what} from server: {exc}") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _snippet(raw: bytes, limit: int = 120) -> str:
+    text = raw[:limit].decode("utf-8", "replace").replace("\n", " ")
+    return text + ("…" if len(raw) > limit else "")
+
+
+def _error_text(raw: bytes) -> tuple[str, str]:
+    """Mattermost's JSON error ``message`` and ``id``, or a snippet of whatever came back."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _snippet(raw), ""
+    if isinstance(data, dict):
+        message = data.get("message")
+        error_id = data.get("id")
+        return (
+            message if isinstance(message, str) else _snippet(raw),
+            error_id if isinstance(error_id, str) else "",
+        )
+    return _snippet(raw), ""

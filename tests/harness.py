@@ -1,0 +1,123 @@
+"""End-to-end harness: the emulator, a recording callback server and a real Sidecar, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.app import Sidecar, Tuning
+from sidecar.config import Config, parse_config
+from sidecar.testing.emulator import Emulator
+
+FAST = Tuning(ping_interval=1.0, pong_timeout=1.0, backoff_base=0.05, backoff_cap=0.2)
+WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
+
+
+@dataclass
+class World:
+    """A seeded server: team, channels, users, the bot."""
+
+    mm: Emulator
+    team: dict[str, Any]
+    town: dict[str, Any]  # public, town-square
+    dev: dict[str, Any]  # public, dev
+    secret: dict[str, Any]  # private, secret
+    dm: dict[str, Any]  # alice ↔ bot
+    group: dict[str, Any]  # alice, bob, bot
+    alice: dict[str, Any]
+    bob: dict[str, Any]
+    ci: dict[str, Any]  # another bot
+    bot: dict[str, Any]
+    bot_token: str
+    ci_token: str
+
+
+def seed(mm: Emulator) -> World:
+    """Create the standard world on an emulator."""
+    team = mm.create_team("someteam", "Some Team")
+    alice = mm.create_user("alice")
+    bob = mm.create_user("bob")
+    ci = mm.create_user("ci-bot", is_bot=True)
+    bot = mm.create_user("sidecar-bot", is_bot=True)
+    for u in (alice, bob, ci, bot):
+        mm.add_team_member(team["id"], u["id"])
+    everyone = [alice["id"], bob["id"], ci["id"], bot["id"]]
+    town = mm.create_channel(team["id"], "town-square", "O", "Town Square", members=everyone)
+    dev = mm.create_channel(team["id"], "dev", "O", "Dev", members=everyone)
+    secret = mm.create_channel(team["id"], "secret", "P", "Secret", members=everyone)
+    dm = mm.create_direct_channel(alice["id"], bot["id"])
+    group = mm.create_group_channel([alice["id"], bob["id"], bot["id"]])
+    return World(
+        mm=mm,
+        team=team,
+        town=town,
+        dev=dev,
+        secret=secret,
+        dm=dm,
+        group=group,
+        alice=alice,
+        bob=bob,
+        ci=ci,
+        bot=bot,
+        bot_token=mm.create_token(bot["id"]),
+        ci_token=mm.create_token(ci["id"]),
+    )
+
+
+def make_config(
+    world: World,
+    state_dir: Path,
+    webhooks: list[Mapping[str, Any]],
+    **sidecar: Any,
+) -> Config:
+    """A validated config for the world's server with the given webhook tables."""
+    hooks = []
+    for i, w in enumerate(webhooks):
+        hook = {"name": f"hook{i}", "token": WEBHOOK_TOKEN, **w}
+        hooks.append(hook)
+    data = {
+        "mattermost": {"url": world.mm.url, "token": world.bot_token},
+        "sidecar": {
+            "state_dir": str(state_dir),
+            "listen": "",
+            "allowed_untrusted_internal_connections": ["127.0.0.1", "localhost"],
+            **sidecar,
+        },
+        "webhook": hooks,
+    }
+    return parse_config(data, path=state_dir / "config.toml", env={})
+
+
+async def wait_until(
+    predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sidecar]:
+    """A started, connected Sidecar; stopped (drained) on exit."""
+    app = Sidecar(config, tuning=tuning)
+    stop = asyncio.Event()
+    async with app:
+        task = asyncio.create_task(app.serve(stop), name="test-sidecar")
+        try:
+            await wait_until(lambda: app.readiness()[0] or task.done(), what="sidecar ready")
+            if task.done():
+                task.result()
+            # the first Connected item is processed by the dispatcher right after
+            await asyncio.sleep(0.05)
+            yield app
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)

@@ -1,0 +1,205 @@
+"""End to end: emulator + recording callback + the real Sidecar, in-process (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+
+from harness import WEBHOOK_TOKEN, World, make_config, running, seed, wait_until
+from sidecar.config import JSON
+from sidecar.testing.emulator import Emulator
+from sidecar.testing.recorder import CallbackRecorder, Reply
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with Emulator(ping_interval=5.0) as mm:
+        yield seed(mm)
+
+
+@pytest.fixture
+async def cb() -> AsyncIterator[CallbackRecorder]:
+    async with CallbackRecorder() as rec:
+        yield rec
+
+
+def form(body: bytes) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+
+
+async def test_public_exact_and_prefix(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(
+        world,
+        tmp_path,
+        [
+            {"channels": ["town-square"], "trigger_words": ["#build"], "callback_urls": [cb.url_for("/exact")]},
+            {"trigger_words": ["!dep"], "trigger_when": "prefix", "callback_urls": [cb.url_for("/prefix")]},
+        ],
+    )
+    async with running(config):
+        world.mm.post(world.alice["id"], world.town["id"], "#build now")
+        world.mm.post(world.alice["id"], world.town["id"], "#building nothing")  # exact: no
+        world.mm.post(world.alice["id"], world.dev["id"], "!deploy prod")
+        got = await cb.wait_for(2)
+        await asyncio.sleep(0.2)
+    assert len(cb.requests) == 2
+    by_path = {r.path: form(r.body) for r in cb.requests}
+    assert by_path["/exact"]["trigger_word"] == "#build"
+    assert by_path["/exact"]["text"] == "#build now"
+    assert by_path["/exact"]["channel_name"] == "town-square"
+    assert by_path["/exact"]["user_name"] == "alice"
+    assert by_path["/exact"]["team_domain"] == "someteam"
+    assert by_path["/exact"]["token"] == WEBHOOK_TOKEN
+    assert by_path["/prefix"]["trigger_word"] == "!dep"
+    assert by_path["/prefix"]["channel_name"] == "dev"
+    assert all(r.headers["Content-Type"] == "application/x-www-form-urlencoded" for r in got)
+
+
+async def test_json_body_byte_exact_and_reply(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    cb.script(Reply(200, {"text": "built!"}))
+    config = make_config(
+        world,
+        tmp_path,
+        [{"channels": ["town-square"], "trigger_words": ["#build"], "content_type": JSON,
+          "callback_urls": [cb.url_for("/j")]}],
+    )
+    async with running(config):
+        post = world.mm.post(world.alice["id"], world.town["id"], "#build <x> & y",
+                             file_ids=["fileaaaaaaaaaaaaaaaaaaaaaa"])
+        [req] = await cb.wait_for(1)
+        posts = await world.mm.wait_for_posts(world.town["id"], 2)
+    expected = (
+        '{"token":"%s","team_id":"%s","team_domain":"someteam","channel_id":"%s",'
+        '"channel_name":"town-square","timestamp":%d,"user_id":"%s","user_name":"alice",'
+        '"post_id":"%s","text":"#build \\u003cx\\u003e \\u0026 y","trigger_word":"#build",'
+        '"file_ids":"fileaaaaaaaaaaaaaaaaaaaaaa"}'
+    ) % (WEBHOOK_TOKEN, world.team["id"], world.town["id"], post["create_at"],
+         world.alice["id"], post["id"])
+    assert req.body.decode() == expected
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["Accept"] == "application/json"
+    assert req.headers["User-Agent"].startswith("mm-sidecar/")
+    assert req.headers["webhook-id"].startswith("msg_")
+    reply = posts[-1]
+    assert reply["message"] == "built!"
+    assert reply["user_id"] == world.bot["id"]
+    assert reply["props"]["from_webhook"] == "true"
+    assert reply["props"]["webhook_display_name"] == "hook0"
+    assert reply["root_id"] == ""
+
+
+async def test_two_webhooks_each_own_trigger_word(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(
+        world,
+        tmp_path,
+        [
+            {"trigger_words": ["deploy"], "trigger_when": "prefix", "callback_urls": [cb.url_for("/a")]},
+            {"trigger_words": ["deployment"], "callback_urls": [cb.url_for("/b")]},
+        ],
+    )
+    async with running(config):
+        world.mm.post(world.alice["id"], world.town["id"], "deployment started")
+        await cb.wait_for(2)
+    words = {r.path: form(r.body)["trigger_word"] for r in cb.requests}
+    assert words == {"/a": "deploy", "/b": "deployment"}
+
+
+async def test_channel_only_fires_on_file_only_post(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
+    async with running(config):
+        world.mm.post(world.alice["id"], world.dev["id"], "", file_ids=["f1aaaaaaaaaaaaaaaaaaaaaaaa", "f2aaaaaaaaaaaaaaaaaaaaaaaa"])
+        [req] = await cb.wait_for(1)
+    body = form(req.body)
+    assert body["text"] == ""
+    assert body["trigger_word"] == ""
+    assert body["file_ids"] == "f1aaaaaaaaaaaaaaaaaaaaaaaa,f2aaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+async def test_private_dm_group_with_channel_types(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(
+        world,
+        tmp_path,
+        [{"trigger_words": ["!ping"], "channel_types": ["private", "direct", "group"],
+          "callback_urls": [cb.url_for()]}],
+    )
+    async with running(config):
+        world.mm.post(world.alice["id"], world.town["id"], "!ping public")  # not listed
+        world.mm.post(world.alice["id"], world.secret["id"], "!ping private")
+        world.mm.post(world.alice["id"], world.dm["id"], "!ping direct")
+        world.mm.post(world.alice["id"], world.group["id"], "!ping group")
+        await cb.wait_for(3)
+        await asyncio.sleep(0.2)
+    bodies = sorted((form(r.body) for r in cb.requests), key=lambda b: b["text"])
+    assert [b["text"] for b in bodies] == ["!ping direct", "!ping group", "!ping private"]
+    dm = bodies[0]
+    assert dm["team_id"] == "" and dm["team_domain"] == ""
+    assert bodies[2]["team_domain"] == "someteam"
+
+
+async def test_regex_named_groups_extended(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(
+        world,
+        tmp_path,
+        [{"channels": ["dev"], "trigger_regex": r"deploy (?P<app>\w+) to (?P<env>\w+)",
+          "extended_payload": True, "content_type": JSON, "callback_urls": [cb.url_for()]}],
+    )
+    async with running(config):
+        world.mm.post(world.alice["id"], world.dev["id"], "please deploy api to prod now")
+        [req] = await cb.wait_for(1)
+    body = json.loads(req.body)
+    assert body["trigger_word"] == "deploy api to prod"
+    assert body["matches"] == {"app": "api", "env": "prod"}
+    assert body["event"] == "posted"
+    assert body["channel_type"] == "O"
+    assert list(body)[:12] == ["token", "team_id", "team_domain", "channel_id", "channel_name",
+                               "timestamp", "user_id", "user_name", "post_id", "text",
+                               "trigger_word", "file_ids"]
+
+
+async def test_never_fires_on_own_webhook_system_posts(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
+    async with running(config):
+        world.mm.post(world.bot["id"], world.dev["id"], "the bot's own post")
+        world.mm.post(world.ci["id"], world.dev["id"], "a webhook post", props={"from_webhook": "true"})
+        world.mm.post(world.alice["id"], world.dev["id"], "alice joined", type="system_join_channel")
+        world.mm.post(world.ci["id"], world.dev["id"], "another bot: fires")
+        [req] = await cb.wait_for(1)
+        await asyncio.sleep(0.3)
+    assert len(cb.requests) == 1
+    assert form(req.body)["text"] == "another bot: fires"
+
+
+async def test_every_callback_url_gets_full_body(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    urls = [cb.url_for(f"/u{i}") for i in range(3)]
+    config = make_config(world, tmp_path, [{"trigger_words": ["go"], "callback_urls": urls}])
+    async with running(config):
+        world.mm.post(world.alice["id"], world.town["id"], "go team")
+        await cb.wait_for(3)
+    assert sorted(r.path for r in cb.requests) == ["/u0", "/u1", "/u2"]
+    assert len({r.body for r in cb.requests}) == 1
+    assert form(cb.requests[0].body)["text"] == "go team"
+
+
+async def test_slow_callback_does_not_delay_next_message(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+    cb.script(Reply(200, {"text": "slow"}, delay=5.0), path="/slow")
+    cb.script(Reply(200, {"text": "fast-reply"}), path="/fast")
+    config = make_config(
+        world,
+        tmp_path,
+        [{"trigger_words": ["slow"], "callback_urls": [cb.url_for("/slow")]},
+         {"trigger_words": ["fast"], "callback_urls": [cb.url_for("/fast")]}],
+        shutdown_timeout=0.5,
+    )
+    async with running(config):
+        world.mm.post(world.alice["id"], world.town["id"], "slow one")
+        await cb.wait_for(1)
+        world.mm.post(world.alice["id"], world.town["id"], "fast one")
+        await cb.wait_for(2, timeout=3.0)  # well before the slow one answers
+        assert [r.path for r in cb.requests] == ["/slow", "/fast"]
+        posts = await world.mm.wait_for_posts(world.town["id"], 3, timeout=3.0)
+        assert posts[-1]["message"] == "fast-reply"  # the slow reply is still pending
