@@ -369,7 +369,10 @@ def _subpatterns(av: Any) -> Iterator[_sre.SubPattern]:
 def _nested_quantifier(sub: _sre.SubPattern) -> bool:
     """A repeat that may run more than once around an unbounded, backtracking repeat."""
     for op, av in sub.data:
-        if op in _REPEATS and av[1] > 1 and any(_unbounded(s) for s in _subpatterns(av[2])):
+        # An outer possessive repeat still backtracks inside itself while it has not yet matched
+        # (e.g. (a+){30,}+ on 29 a's tries every split), so it counts as a repeat here.
+        outer = op in _REPEATS or op == _sre_c.POSSESSIVE_REPEAT
+        if outer and av[1] > 1 and any(_unbounded(s) for s in _subpatterns(av[2])):
             return True
         if any(_nested_quantifier(s) for s in _subpatterns(av)):
             return True

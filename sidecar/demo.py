@@ -119,6 +119,7 @@ async def demo(*, keep_running: bool = False) -> int:
     for name in ("sidecar.app", "sidecar.outbox"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).propagate = False
     stop = asyncio.Event()
     app = Sidecar(config)
     code = 0
@@ -149,6 +150,7 @@ async def demo(*, keep_running: bool = False) -> int:
     finally:
         for name in ("sidecar.app", "sidecar.outbox"):
             logging.getLogger(name).removeHandler(handler)
+            logging.getLogger(name).propagate = True
         await callback.cleanup()
         await emulator.stop()
     return code
@@ -162,10 +164,11 @@ async def _one(
     _print(f"→ @{user['username']} posts in {where}: {text!r}")
     emulator.post(user["id"], channel["id"], text)
     try:
-        posts = await emulator.wait_for_posts(channel["id"], before + 2, timeout=3.0)
+        posts = await emulator.wait_for_posts(channel["id"], before + 2, timeout=1.0)
     except (TimeoutError, AssertionError):
         _print("   (no webhook matched: nothing sent, nothing replied)\n")
         return 0
+    await asyncio.sleep(0.02)  # let the sidecar log its "replied" line first
     reply = posts[-1]
     props = reply.get("props") or {}
     who = props.get("override_username") or "sidecar-bot"

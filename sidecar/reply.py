@@ -391,7 +391,7 @@ def _split(
     Attachments go on the last part while the props fit in PROPS_MAX_RUNES, then on extra
     parts with no text; a single attachment too big alone has its text truncated.
     """
-    props_size = len(go_json(props))
+    props_size = _json_size(props)
     if props_size > PROPS_MAX_RUNES:
         raise ReplyError(f"props are over {PROPS_MAX_RUNES} characters as JSON")
     chunks = [message[i : i + max_size] for i in range(0, len(message), max(max_size, 1))]
@@ -401,11 +401,11 @@ def _split(
 
     # The size of props with an "attachments" list is computed incrementally: re-encoding
     # the whole list for each attachment would be quadratic in the response size.
-    empty_size = len(go_json({**props, "attachments": []}))
+    empty_size = _json_size({**props, "attachments": []})
     sizes = [empty_size]  # per part: size of its props with the attachments so far
     counts = [0]
     for att in attachments:
-        att_size = len(go_json(att))
+        att_size = _json_size(att)
         while True:
             size = sizes[-1] + att_size + (1 if counts[-1] else 0)
             if size <= PROPS_MAX_RUNES:
@@ -426,6 +426,14 @@ def _split(
             sizes[-1], counts[-1] = size - excess, 1
             break
     return posts
+
+
+def _json_size(value: Any) -> int:
+    """Characters of ``value`` as Go encodes it (Go counts runes; so does len)."""
+    try:
+        return len(go_json(value))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ReplyError(f"the reply cannot be encoded as JSON: {exc}") from None
 
 
 def _part(base: Mapping[str, Any], message: str, props: Mapping[str, Any]) -> dict[str, Any]:

@@ -279,9 +279,7 @@ class State:
             "DO UPDATE SET create_at=max(create_at, excluded.create_at)",
             (channel_id, create_at),
         )
-        conn.executemany(
-            "INSERT OR REPLACE INTO seen VALUES (?, ?)", [(k, at) for k in keys]
-        )
+        conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", [(k, at) for k in keys])
 
     @staticmethod
     def _op_prune_seen(conn: sqlite3.Connection, older_than: int) -> None:

@@ -1,29 +1,27 @@
 """The emulator's REST API under ``/api/v4`` (reference §5), with Mattermost's permission checks.
 
 Also the middleware every ``/api/v4`` request goes through: call recording, the injected delay
-and failures, Mattermost's rate limiter (throttled's GCRA, keyed by remote address, plain-text
-``limit exceeded``), and error bodies ``{id, message, detailed_error, request_id, status_code}``.
+and failures, Mattermost's rate limiter (sidecar.testing.faults), and error bodies
+``{id, message, detailed_error, request_id, status_code}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sidecar.testing.store import ApiError, Post, User, forbidden, go_json, is_valid_id, new_id
+from sidecar.testing.faults import WEBSOCKET_PATH, RateLimiter
+from sidecar.testing.model import ApiError, Post, User, forbidden, go_json, is_valid_id, new_id
 from sidecar.testing.websocket import handle_websocket, request_token
 
 if TYPE_CHECKING:
     from sidecar.testing.emulator import Emulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-WEBSOCKET_PATH = "/api/v4/websocket"
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -35,39 +33,6 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 def error_response(error: ApiError, request_id: str) -> web.Response:
     """The server's JSON error body for ``error``."""
     return json_response(error.body(request_id), error.status)
-
-
-class RateLimiter:
-    """Mattermost's rate limiter: throttled's GCRA, limit = burst + 1, keyed by remote address."""
-
-    def __init__(self) -> None:
-        self._tat: dict[str, float] = {}
-        self._quota = (0, 0)
-
-    def check(self, key: str, per_sec: int, burst: int) -> tuple[bool, dict[str, str]]:
-        """Count one request; return (limited, X-RateLimit-* and Retry-After headers)."""
-        if (per_sec, burst) != self._quota:
-            self._tat.clear()
-            self._quota = (per_sec, burst)
-        now = time.monotonic()
-        emission = 1.0 / max(per_sec, 1)
-        tolerance = emission * (burst + 1)
-        tat = self._tat.get(key, now)
-        new_tat = max(tat, now) + emission
-        diff = now - (new_tat - tolerance)
-        limited = diff < 0
-        if limited:
-            ttl = tat - now
-        else:
-            ttl = new_tat - now
-            self._tat[key] = new_tat
-        headers = {"X-RateLimit-Limit": str(burst + 1)}
-        spare = tolerance - ttl
-        headers["X-RateLimit-Remaining"] = str(int(spare / emission) if spare > -emission else 0)
-        headers["X-RateLimit-Reset"] = str(math.ceil(ttl))
-        if limited:
-            headers["Retry-After"] = str(math.ceil(-diff))
-        return limited, headers
 
 
 class RestApi:
@@ -83,6 +48,7 @@ class RestApi:
         api = "/api/v4"
         return [
             web.get(f"{api}/websocket", self.websocket),
+            web.get(f"{api}/websocket/", self.websocket),
             web.get(f"{api}/system/ping", self.system_ping),
             web.get(f"{api}/config/client", self.client_config),
             web.get(f"{api}/users/username/{{username}}", self.user_by_name),
@@ -131,7 +97,7 @@ class RestApi:
                     body=b"limit exceeded\n",
                     headers={"Content-Type": "text/plain; charset=utf-8", **limit_headers},
                 )
-        status = emu.take_failure(request.method, path, websocket=is_ws)
+        status = emu.failures.take(request.method, path, websocket=is_ws)
         try:
             if status is not None:
                 raise ApiError(status, "emulator.injected_failure", "Injected failure.")
@@ -338,10 +304,10 @@ class RestApi:
         """``POST /posts`` → 201; see Store.create_post for the server's checks."""
         me = self.session(request)
         body = await self.body(request)
-        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        metadata, props, file_ids = body.get("metadata"), body.get("props"), body.get("file_ids")
         priority = metadata.get("priority") if isinstance(metadata, dict) else None
-        props = body.get("props") if isinstance(body.get("props"), dict) else {}
-        file_ids = body.get("file_ids") if isinstance(body.get("file_ids"), list) else []
+        props = props if isinstance(props, dict) else {}
+        file_ids = file_ids if isinstance(file_ids, list) else []
         set_online = request.query.get("set_online", "true").lower() not in ("false", "0")
         post = self.emu.create_post(
             me.id,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from sidecar.testing.store import go_json, is_valid_id, new_id, now_ms
+from sidecar.testing.model import go_json, is_valid_id, new_id, now_ms
 
 if TYPE_CHECKING:
     from sidecar.testing.emulator import Emulator
@@ -182,12 +182,15 @@ class Hub:
         await _wait_finished(socks)
 
     async def close(self) -> None:
-        """Close every socket cleanly (server shutdown)."""
+        """Close every socket cleanly with 1001 (server shutdown)."""
         socks = list(self.sockets)
-        for sock in socks:
+
+        async def close_one(sock: Socket) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sock.ws.close(code=1001, message=b"server shutdown"), 1.0)
             sock.abort()
+
+        await asyncio.gather(*(close_one(s) for s in socks))
         await _wait_finished(socks)
 
 
@@ -327,7 +330,9 @@ def _action(emu: Emulator, sock: Socket, text: str) -> bool:
     if not isinstance(req, dict):
         return False
     seq, action = req.get("seq"), req.get("action")
-    data = req.get("data") if isinstance(req.get("data"), dict) else {}
+    data = req.get("data")
+    if not isinstance(data, dict):
+        data = {}
     if action == "authentication_challenge":
         if sock.conn is not None:
             return True

@@ -1,0 +1,84 @@
+"""Faults the emulator can inject: Mattermost's rate limiter and scripted REST failures."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+WEBSOCKET_PATH = "/api/v4/websocket"
+
+
+class RateLimiter:
+    """Mattermost's rate limiter: throttled's GCRA, limit = burst + 1, keyed by remote address."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._quota = (0, 0)
+
+    def check(self, key: str, per_sec: int, burst: int) -> tuple[bool, dict[str, str]]:
+        """Count one request; return (limited, X-RateLimit-* and Retry-After headers)."""
+        if (per_sec, burst) != self._quota:
+            self._tat.clear()
+            self._quota = (per_sec, burst)
+        now = time.monotonic()
+        emission = 1.0 / max(per_sec, 1)
+        tolerance = emission * (burst + 1)
+        tat = self._tat.get(key, now)
+        new_tat = max(tat, now) + emission
+        diff = now - (new_tat - tolerance)
+        limited = diff < 0
+        if limited:
+            ttl = tat - now
+        else:
+            ttl = new_tat - now
+            self._tat[key] = new_tat
+        headers = {"X-RateLimit-Limit": str(burst + 1)}
+        spare = tolerance - ttl
+        headers["X-RateLimit-Remaining"] = str(int(spare / emission) if spare > -emission else 0)
+        headers["X-RateLimit-Reset"] = str(math.ceil(ttl))
+        if limited:
+            headers["Retry-After"] = str(math.ceil(-diff))
+        return limited, headers
+
+
+@dataclass
+class _Failure:
+    remaining: int
+    status: int
+    method: str | None
+    path_prefix: str | None
+
+
+class Failures:
+    """Scripted failures: the next n matching requests answer a given status."""
+
+    def __init__(self) -> None:
+        self._rules: list[_Failure] = []
+
+    def add(self, n: int, status: int, method: str | None, path_prefix: str | None) -> None:
+        """Fail the next ``n`` requests matching method and path prefix (see Emulator)."""
+        if path_prefix is not None and not path_prefix.startswith("/api/"):
+            path_prefix = "/api/v4/" + path_prefix.lstrip("/")
+        self._rules.append(_Failure(n, status, method.upper() if method else None, path_prefix))
+
+    def take(self, method: str, path: str, *, websocket: bool) -> int | None:
+        """Consume a matching failure; its status, or None.
+
+        The websocket upgrade matches only a rule whose prefix names the websocket path.
+        """
+        for rule in self._rules:
+            if rule.method and rule.method != method:
+                continue
+            prefix = rule.path_prefix
+            if prefix is None:
+                if websocket:
+                    continue
+            elif not path.startswith(prefix) or (
+                websocket and not prefix.startswith(WEBSOCKET_PATH)
+            ):
+                continue
+            rule.remaining -= 1
+            self._rules = [f for f in self._rules if f.remaining > 0]
+            return rule.status
+        return None
