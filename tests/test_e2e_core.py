@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import WEBHOOK_TOKEN, World, make_config, running, seed, wait_until
+from harness import WEBHOOK_TOKEN, World, make_config, running, seed
 from sidecar.config import JSON
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder, Reply
@@ -37,8 +37,16 @@ async def test_public_exact_and_prefix(world: World, cb: CallbackRecorder, tmp_p
         world,
         tmp_path,
         [
-            {"channels": ["town-square"], "trigger_words": ["#build"], "callback_urls": [cb.url_for("/exact")]},
-            {"trigger_words": ["!dep"], "trigger_when": "prefix", "callback_urls": [cb.url_for("/prefix")]},
+            {
+                "channels": ["town-square"],
+                "trigger_words": ["#build"],
+                "callback_urls": [cb.url_for("/exact")],
+            },
+            {
+                "trigger_words": ["!dep"],
+                "trigger_when": "prefix",
+                "callback_urls": [cb.url_for("/prefix")],
+            },
         ],
     )
     async with running(config):
@@ -60,26 +68,39 @@ async def test_public_exact_and_prefix(world: World, cb: CallbackRecorder, tmp_p
     assert all(r.headers["Content-Type"] == "application/x-www-form-urlencoded" for r in got)
 
 
-async def test_json_body_byte_exact_and_reply(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_json_body_byte_exact_and_reply(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     cb.script(Reply(200, {"text": "built!"}))
     config = make_config(
         world,
         tmp_path,
-        [{"channels": ["town-square"], "trigger_words": ["#build"], "content_type": JSON,
-          "callback_urls": [cb.url_for("/j")]}],
+        [
+            {
+                "channels": ["town-square"],
+                "trigger_words": ["#build"],
+                "content_type": JSON,
+                "callback_urls": [cb.url_for("/j")],
+            }
+        ],
     )
     async with running(config):
-        post = world.mm.post(world.alice["id"], world.town["id"], "#build <x> & y",
-                             file_ids=["fileaaaaaaaaaaaaaaaaaaaaaa"])
+        post = world.mm.post(
+            world.alice["id"],
+            world.town["id"],
+            "#build <x> & y",
+            file_ids=["fileaaaaaaaaaaaaaaaaaaaaaa"],
+        )
         [req] = await cb.wait_for(1)
         posts = await world.mm.wait_for_posts(world.town["id"], 2)
+    t, ch, al = world.team["id"], world.town["id"], world.alice["id"]
     expected = (
-        '{"token":"%s","team_id":"%s","team_domain":"someteam","channel_id":"%s",'
-        '"channel_name":"town-square","timestamp":%d,"user_id":"%s","user_name":"alice",'
-        '"post_id":"%s","text":"#build \\u003cx\\u003e \\u0026 y","trigger_word":"#build",'
+        f'{{"token":"{WEBHOOK_TOKEN}","team_id":"{t}","team_domain":"someteam",'
+        f'"channel_id":"{ch}","channel_name":"town-square","timestamp":{post["create_at"]},'
+        f'"user_id":"{al}","user_name":"alice","post_id":"{post["id"]}",'
+        '"text":"#build \\u003cx\\u003e \\u0026 y","trigger_word":"#build",'
         '"file_ids":"fileaaaaaaaaaaaaaaaaaaaaaa"}'
-    ) % (WEBHOOK_TOKEN, world.team["id"], world.town["id"], post["create_at"],
-         world.alice["id"], post["id"])
+    )
     assert req.body.decode() == expected
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["Accept"] == "application/json"
@@ -93,12 +114,18 @@ async def test_json_body_byte_exact_and_reply(world: World, cb: CallbackRecorder
     assert reply["root_id"] == ""
 
 
-async def test_two_webhooks_each_own_trigger_word(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_two_webhooks_each_own_trigger_word(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     config = make_config(
         world,
         tmp_path,
         [
-            {"trigger_words": ["deploy"], "trigger_when": "prefix", "callback_urls": [cb.url_for("/a")]},
+            {
+                "trigger_words": ["deploy"],
+                "trigger_when": "prefix",
+                "callback_urls": [cb.url_for("/a")],
+            },
             {"trigger_words": ["deployment"], "callback_urls": [cb.url_for("/b")]},
         ],
     )
@@ -109,10 +136,17 @@ async def test_two_webhooks_each_own_trigger_word(world: World, cb: CallbackReco
     assert words == {"/a": "deploy", "/b": "deployment"}
 
 
-async def test_channel_only_fires_on_file_only_post(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_channel_only_fires_on_file_only_post(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
     async with running(config):
-        world.mm.post(world.alice["id"], world.dev["id"], "", file_ids=["f1aaaaaaaaaaaaaaaaaaaaaaaa", "f2aaaaaaaaaaaaaaaaaaaaaaaa"])
+        world.mm.post(
+            world.alice["id"],
+            world.dev["id"],
+            "",
+            file_ids=["f1aaaaaaaaaaaaaaaaaaaaaaaa", "f2aaaaaaaaaaaaaaaaaaaaaaaa"],
+        )
         [req] = await cb.wait_for(1)
     body = form(req.body)
     assert body["text"] == ""
@@ -120,12 +154,19 @@ async def test_channel_only_fires_on_file_only_post(world: World, cb: CallbackRe
     assert body["file_ids"] == "f1aaaaaaaaaaaaaaaaaaaaaaaa,f2aaaaaaaaaaaaaaaaaaaaaaaa"
 
 
-async def test_private_dm_group_with_channel_types(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_private_dm_group_with_channel_types(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     config = make_config(
         world,
         tmp_path,
-        [{"trigger_words": ["!ping"], "channel_types": ["private", "direct", "group"],
-          "callback_urls": [cb.url_for()]}],
+        [
+            {
+                "trigger_words": ["!ping"],
+                "channel_types": ["private", "direct", "group"],
+                "callback_urls": [cb.url_for()],
+            }
+        ],
     )
     async with running(config):
         world.mm.post(world.alice["id"], world.town["id"], "!ping public")  # not listed
@@ -141,12 +182,21 @@ async def test_private_dm_group_with_channel_types(world: World, cb: CallbackRec
     assert bodies[2]["team_domain"] == "someteam"
 
 
-async def test_regex_named_groups_extended(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_regex_named_groups_extended(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     config = make_config(
         world,
         tmp_path,
-        [{"channels": ["dev"], "trigger_regex": r"deploy (?P<app>\w+) to (?P<env>\w+)",
-          "extended_payload": True, "content_type": JSON, "callback_urls": [cb.url_for()]}],
+        [
+            {
+                "channels": ["dev"],
+                "trigger_regex": r"deploy (?P<app>\w+) to (?P<env>\w+)",
+                "extended_payload": True,
+                "content_type": JSON,
+                "callback_urls": [cb.url_for()],
+            }
+        ],
     )
     async with running(config):
         world.mm.post(world.alice["id"], world.dev["id"], "please deploy api to prod now")
@@ -156,17 +206,34 @@ async def test_regex_named_groups_extended(world: World, cb: CallbackRecorder, t
     assert body["matches"] == {"app": "api", "env": "prod"}
     assert body["event"] == "posted"
     assert body["channel_type"] == "O"
-    assert list(body)[:12] == ["token", "team_id", "team_domain", "channel_id", "channel_name",
-                               "timestamp", "user_id", "user_name", "post_id", "text",
-                               "trigger_word", "file_ids"]
+    assert list(body)[:12] == [
+        "token",
+        "team_id",
+        "team_domain",
+        "channel_id",
+        "channel_name",
+        "timestamp",
+        "user_id",
+        "user_name",
+        "post_id",
+        "text",
+        "trigger_word",
+        "file_ids",
+    ]
 
 
-async def test_never_fires_on_own_webhook_system_posts(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_never_fires_on_own_webhook_system_posts(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
     async with running(config):
         world.mm.post(world.bot["id"], world.dev["id"], "the bot's own post")
-        world.mm.post(world.ci["id"], world.dev["id"], "a webhook post", props={"from_webhook": "true"})
-        world.mm.post(world.alice["id"], world.dev["id"], "alice joined", type="system_join_channel")
+        world.mm.post(
+            world.ci["id"], world.dev["id"], "a webhook post", props={"from_webhook": "true"}
+        )
+        world.mm.post(
+            world.alice["id"], world.dev["id"], "alice joined", type="system_join_channel"
+        )
         world.mm.post(world.ci["id"], world.dev["id"], "another bot: fires")
         [req] = await cb.wait_for(1)
         await asyncio.sleep(0.3)
@@ -174,7 +241,9 @@ async def test_never_fires_on_own_webhook_system_posts(world: World, cb: Callbac
     assert form(req.body)["text"] == "another bot: fires"
 
 
-async def test_every_callback_url_gets_full_body(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_every_callback_url_gets_full_body(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     urls = [cb.url_for(f"/u{i}") for i in range(3)]
     config = make_config(world, tmp_path, [{"trigger_words": ["go"], "callback_urls": urls}])
     async with running(config):
@@ -185,14 +254,18 @@ async def test_every_callback_url_gets_full_body(world: World, cb: CallbackRecor
     assert form(cb.requests[0].body)["text"] == "go team"
 
 
-async def test_slow_callback_does_not_delay_next_message(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_slow_callback_does_not_delay_next_message(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     cb.script(Reply(200, {"text": "slow"}, delay=5.0), path="/slow")
     cb.script(Reply(200, {"text": "fast-reply"}), path="/fast")
     config = make_config(
         world,
         tmp_path,
-        [{"trigger_words": ["slow"], "callback_urls": [cb.url_for("/slow")]},
-         {"trigger_words": ["fast"], "callback_urls": [cb.url_for("/fast")]}],
+        [
+            {"trigger_words": ["slow"], "callback_urls": [cb.url_for("/slow")]},
+            {"trigger_words": ["fast"], "callback_urls": [cb.url_for("/fast")]},
+        ],
         shutdown_timeout=0.5,
     )
     async with running(config):

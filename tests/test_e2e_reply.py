@@ -64,10 +64,15 @@ async def exchange(
     return trigger, posts
 
 
-async def test_comment_on_a_reply_threads_under_the_root(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_comment_on_a_reply_threads_under_the_root(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     root = world.mm.post(world.bob["id"], world.town["id"], "a thread")
     trigger, [reply] = await exchange(
-        world, cb, tmp_path, Reply(200, {"text": "in thread", "response_type": "comment"}),
+        world,
+        cb,
+        tmp_path,
+        Reply(200, {"text": "in thread", "response_type": "comment"}),
         root_id=root["id"],
     )
     assert trigger["root_id"] == root["id"]
@@ -83,15 +88,20 @@ async def test_comment_on_a_root_post(world: World, cb: CallbackRecorder, tmp_pa
 
 async def test_overrides_on(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
     _, [reply] = await exchange(
-        world, cb, tmp_path,
+        world,
+        cb,
+        tmp_path,
         Reply(200, {"text": "hi", "username": "ci", "icon_url": "https://x.test/i.png"}),
-        enable_post_username_override=True, enable_post_icon_override=True,
+        enable_post_username_override=True,
+        enable_post_icon_override=True,
     )
     assert reply["props"]["override_username"] == "ci"
     assert reply["props"]["override_icon_url"] == "https://x.test/i.png"
 
 
-async def test_overrides_default_username_webhook(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_overrides_default_username_webhook(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     _, [reply] = await exchange(
         world, cb, tmp_path, Reply(200, {"text": "hi"}), enable_post_username_override=True
     )
@@ -99,11 +109,17 @@ async def test_overrides_default_username_webhook(world: World, cb: CallbackReco
     assert "override_icon_url" not in reply["props"]
 
 
-async def test_webhook_defaults_used_when_response_has_none(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_webhook_defaults_used_when_response_has_none(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     _, [reply] = await exchange(
-        world, cb, tmp_path, Reply(200, {"text": "hi"}),
+        world,
+        cb,
+        tmp_path,
+        Reply(200, {"text": "hi"}),
         hook={"username": "hookname", "icon_url": "https://x.test/h.png"},
-        enable_post_username_override=True, enable_post_icon_override=True,
+        enable_post_username_override=True,
+        enable_post_icon_override=True,
     )
     assert reply["props"]["override_username"] == "hookname"
     assert reply["props"]["override_icon_url"] == "https://x.test/h.png"
@@ -111,7 +127,10 @@ async def test_webhook_defaults_used_when_response_has_none(world: World, cb: Ca
 
 async def test_overrides_off(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
     _, [reply] = await exchange(
-        world, cb, tmp_path, Reply(200, {"text": "hi", "username": "ci", "icon_url": "https://x.test/i.png"})
+        world,
+        cb,
+        tmp_path,
+        Reply(200, {"text": "hi", "username": "ci", "icon_url": "https://x.test/i.png"}),
     )
     assert "override_username" not in reply["props"]
     assert "override_icon_url" not in reply["props"]
@@ -120,10 +139,22 @@ async def test_overrides_off(world: World, cb: CallbackRecorder, tmp_path: Path)
 
 async def test_reserved_props_dropped(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
     _, [reply] = await exchange(
-        world, cb, tmp_path,
-        Reply(200, {"text": "hi", "props": {"from_webhook": "false", "override_username": "evil",
-                                            "override_icon_url": "https://evil", "webhook_display_name": "x",
-                                            "keep": "me"}}),
+        world,
+        cb,
+        tmp_path,
+        Reply(
+            200,
+            {
+                "text": "hi",
+                "props": {
+                    "from_webhook": "false",
+                    "override_username": "evil",
+                    "override_icon_url": "https://evil",
+                    "webhook_display_name": "x",
+                    "keep": "me",
+                },
+            },
+        ),
     )
     props = reply["props"]
     assert props["from_webhook"] == "true"
@@ -133,24 +164,40 @@ async def test_reserved_props_dropped(world: World, cb: CallbackRecorder, tmp_pa
 
 
 async def test_attachments(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
-    att = [{"text": "details", "color": "#ff0000", "fields": [{"title": "a", "value": "b", "short": True}]}]
+    att = [
+        {
+            "text": "details",
+            "color": "#ff0000",
+            "fields": [{"title": "a", "value": "b", "short": True}],
+        }
+    ]
     _, [reply] = await exchange(world, cb, tmp_path, Reply(200, {"attachments": att}))
     assert reply["type"] == "slack_attachment"
     assert reply["props"]["attachments"][0]["text"] == "details"
     assert reply["message"] == ""
 
 
-async def test_custom_type_kept_and_system_type_refused(world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_custom_type_kept_and_system_type_refused(
+    world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
-    _, [reply] = await exchange(world, cb, tmp_path, Reply(200, {"text": "x", "type": "custom_poll"}))
+    _, [reply] = await exchange(
+        world, cb, tmp_path, Reply(200, {"text": "x", "type": "custom_poll"})
+    )
     assert reply["type"] == "custom_poll"
     cb.clear()
-    _, posts = await exchange(world, cb, tmp_path / "2", Reply(200, {"text": "x", "type": "system_join"}), expect_posts=0)
+    _, posts = await exchange(
+        world, cb, tmp_path / "2", Reply(200, {"text": "x", "type": "system_join"}), expect_posts=0
+    )
     assert posts == []
-    assert any("system_join" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert any(
+        "system_join" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    )
 
 
-async def test_priority_on_root_and_dropped_on_comment(world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_priority_on_root_and_dropped_on_comment(
+    world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     prio = {"priority": "urgent", "requested_ack": True, "persistent_notifications": False}
     _, [reply] = await exchange(world, cb, tmp_path, Reply(200, {"text": "now", "priority": prio}))
     assert reply["metadata"]["priority"]["priority"] == "urgent"
@@ -158,19 +205,31 @@ async def test_priority_on_root_and_dropped_on_comment(world: World, cb: Callbac
     cb.clear()
     caplog.set_level(logging.WARNING)
     _, [comment] = await exchange(
-        world, cb, tmp_path / "2",
+        world,
+        cb,
+        tmp_path / "2",
         Reply(200, {"text": "c", "priority": prio, "response_type": "comment"}),
     )
     assert "priority" not in (comment.get("metadata") or {})
     assert any("priority" in r.getMessage() for r in caplog.records)
 
 
-async def test_priority_without_priority_is_refused(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
-    _, posts = await exchange(world, cb, tmp_path, Reply(200, {"text": "x", "priority": {"requested_ack": True}}), expect_posts=0)
+async def test_priority_without_priority_is_refused(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    _, posts = await exchange(
+        world,
+        cb,
+        tmp_path,
+        Reply(200, {"text": "x", "priority": {"requested_ack": True}}),
+        expect_posts=0,
+    )
     assert posts == []
 
 
-async def test_long_text_split_into_three_posts(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
+async def test_long_text_split_into_three_posts(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
     text = ("word " * 8000)[:40000]
     _, posts = await exchange(world, cb, tmp_path, Reply(200, {"text": text}), expect_posts=3)
     assert all(len(p["message"]) <= 16383 for p in posts)
@@ -188,13 +247,19 @@ async def test_long_text_split_into_three_posts(world: World, cb: CallbackRecord
         (Reply(200, b'{"text": "' + b"a" * (1024 * 1024 + 10) + b'"}'), "oversized"),
     ],
 )
-async def test_responses_without_reply(world: World, cb: CallbackRecorder, tmp_path: Path, reply: Reply, what: str) -> None:
+async def test_responses_without_reply(
+    world: World, cb: CallbackRecorder, tmp_path: Path, reply: Reply, what: str
+) -> None:
     _, posts = await exchange(world, cb, tmp_path, reply, expect_posts=0)
     assert posts == [], what
 
 
-async def test_500_with_text_still_replies(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
-    _, [reply] = await exchange(world, cb, tmp_path, Reply(500, {"text": "it broke but here is a reply"}))
+async def test_500_with_text_still_replies(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    _, [reply] = await exchange(
+        world, cb, tmp_path, Reply(500, {"text": "it broke but here is a reply"})
+    )
     assert reply["message"] == "it broke but here is a reply"
 
 
@@ -206,7 +271,9 @@ async def test_slack_markup_converted(world: World, cb: CallbackRecorder, tmp_pa
 
 async def test_reply_in_dm(world: World, cb: CallbackRecorder, tmp_path: Path) -> None:
     cb.script(Reply(200, {"text": "dm reply"}))
-    config = make_config(world, tmp_path, [{"channel_types": ["direct"], "callback_urls": [cb.url_for()]}])
+    config = make_config(
+        world, tmp_path, [{"channel_types": ["direct"], "callback_urls": [cb.url_for()]}]
+    )
     async with running(config):
         world.mm.post(world.alice["id"], world.dm["id"], "hello bot")
         posts = await world.mm.wait_for_posts(world.dm["id"], 2)

@@ -32,8 +32,12 @@ async def get(url: str) -> tuple[int, str]:
 
 
 async def test_readyz_follows_the_websocket(world: World, tmp_path: Path) -> None:
-    config = make_config(world, tmp_path, [{"trigger_words": ["x"], "callback_urls": ["http://127.0.0.1:9/"]}],
-                         listen="127.0.0.1:0")
+    config = make_config(
+        world,
+        tmp_path,
+        [{"trigger_words": ["x"], "callback_urls": ["http://127.0.0.1:9/"]}],
+        listen="127.0.0.1:0",
+    )
     app = Sidecar(config, tuning=FAST)
     stop = asyncio.Event()
     async with app:
@@ -61,9 +65,12 @@ async def test_readyz_follows_the_websocket(world: World, tmp_path: Path) -> Non
 async def test_metrics_count_a_delivery(world: World, tmp_path: Path) -> None:
     async with CallbackRecorder() as cb:
         cb.script(Reply(200, {"text": "ok"}))
-        config = make_config(world, tmp_path, [{"name": "build", "trigger_words": ["#build"],
-                                                "callback_urls": [cb.url_for()]}],
-                             listen="127.0.0.1:0")
+        config = make_config(
+            world,
+            tmp_path,
+            [{"name": "build", "trigger_words": ["#build"], "callback_urls": [cb.url_for()]}],
+            listen="127.0.0.1:0",
+        )
         async with running(config) as app:
             world.mm.post(world.alice["id"], world.town["id"], "#build now")
             await world.mm.wait_for_posts(world.town["id"], 2)
@@ -76,7 +83,10 @@ async def test_metrics_count_a_delivery(world: World, tmp_path: Path) -> None:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    assert samples[("mm_sidecar_deliveries_total", (("outcome", "delivered"), ("webhook", "build")))] == 1
+    assert (
+        samples[("mm_sidecar_deliveries_total", (("outcome", "delivered"), ("webhook", "build")))]
+        == 1
+    )
     assert samples[("mm_sidecar_matches_total", (("webhook", "build"),))] == 1
     assert samples[("mm_sidecar_replies_total", (("outcome", "posted"),))] == 1
     assert samples[("mm_sidecar_events_received_total", (("event", "posted"),))] >= 1
@@ -88,7 +98,9 @@ async def test_sd_notify_sequence(world: World, tmp_path: Path) -> None:
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(path)
     receiver.setblocking(False)
-    config = make_config(world, tmp_path, [{"trigger_words": ["x"], "callback_urls": ["http://127.0.0.1:9/"]}])
+    config = make_config(
+        world, tmp_path, [{"trigger_words": ["x"], "callback_urls": ["http://127.0.0.1:9/"]}]
+    )
     app = Sidecar(config, tuning=FAST, notifier=Notifier({"NOTIFY_SOCKET": path}))
     stop = asyncio.Event()
     try:
@@ -122,8 +134,17 @@ def test_demo_runs_to_completion() -> None:
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    for step in ("→ @alice posts in ~town-square: '#build api'", "matched webhook=build",
-                 "delivered webhook=build", "status=200", "← reply posted as @ci-bot",
-                 "in the thread", "~ops (private)", "a DM with @sidecar-bot",
-                 "no webhook matched", "matched webhook=tickets", "trigger='MM-4211'"):
+    for step in (
+        "→ @alice posts in ~town-square: '#build api'",
+        "matched webhook=build",
+        "delivered webhook=build",
+        "status=200",
+        "← reply posted as @ci-bot",
+        "in the thread",
+        "~ops (private)",
+        "a DM with @sidecar-bot",
+        "no webhook matched",
+        "matched webhook=tickets",
+        "trigger='MM-4211'",
+    ):
         assert step in out, step
