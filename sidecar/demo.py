@@ -53,7 +53,7 @@ async def _ci_bot(request: web.Request) -> web.Response:
     form = await request.post()
     word = str(form.get("trigger_word", ""))
     text = str(form.get("text", ""))
-    user = form.get("user_name", "")
+    user = str(form.get("user_name", ""))
     if word == "#build":
         target = text.split()[1] if len(text.split()) > 1 else "all"
         answer: dict[str, Any] = {

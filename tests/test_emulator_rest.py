@@ -469,7 +469,8 @@ async def test_runs_as_a_process(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "sidecar.testing",
+        "sidecar",
+        "emulator",  # the product's command; same as python -m sidecar.testing
         "--port",
         "0",
         "--seed",
