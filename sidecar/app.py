@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,12 +40,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 QUEUE_SIZE = 10_000
-LOOKUP_ATTEMPTS = 4
+LOOKUP_ATTEMPTS = 4  # quiet retries of a lookup before each further retry is logged
+RETRY_CAP = 30.0  # seconds: the longest wait between two tries of a lookup or a catch-up
+POSITION_KEY = ""  # the cursor row holding where processing began (no channel has this id)
 
 
 def now_ms() -> int:
     """Wall-clock milliseconds, Mattermost's time unit."""
     return int(time.time() * 1000)
+
+
+def _retry_delay(attempt: int, retry_after: float | None, base: float) -> float:
+    """``base`` doubling to RETRY_CAP, jittered; at least the server's Retry-After."""
+    delay = min(RETRY_CAP, base * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+    return max(delay, min(retry_after or 0.0, RETRY_CAP))
 
 
 def _excerpt(text: str, limit: int = 60) -> str:
@@ -60,6 +69,7 @@ class Tuning:
     pong_timeout: float = 20.0
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    retry_base: float = 0.25  # first wait before a failed lookup or catch-up is tried again
 
 
 class Sidecar:
@@ -100,6 +110,7 @@ class Sidecar:
             backoff_cap=tuning.backoff_cap,
             user_agent=USER_AGENT,
             on_status=self._status,
+            check_auth=self._check_token,
         )
         self.health: HealthServer | None = None
         self.me = User(id="", username="")
@@ -122,7 +133,12 @@ class Sidecar:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Sidecar:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A refused token or a bad state file: release what start() had opened.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -353,6 +369,10 @@ class Sidecar:
             # First start: begin at the present, replay no history.
             self._fresh = False
             self._position = now_ms()
+            # Saved, so that a restart catches up from here even if nothing was processed
+            # meanwhile (per-channel cursors exist only for channels that had a post).
+            self._cursors[POSITION_KEY] = self._position
+            self.state.processed(POSITION_KEY, self._position, [], self._position)
             log.info("first start: processing begins now; no history is replayed")
             return
         self.metrics.gaps.inc()
@@ -360,23 +380,33 @@ class Sidecar:
 
     async def _catch_up(self) -> None:
         started = time.monotonic()
-        window_start = now_ms() - int(self.config.sidecar.catch_up_window * 1000)
         default = max([self._position, *self._cursors.values()])
         log.info("catching up over REST from the last processed post")
-        try:
-            found = await collect(
-                self.rest,
-                self.rules,
-                cursors=self._cursors,
-                default_cursor=default,
-                window_start=window_start,
-                seen=self._seen,
-            )
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            log.error("catch-up failed: %s; it will be tried again after the next gap", exc)
-            return
+        attempt = 0
+        while True:
+            # A catch-up that fails is tried again (the dispatcher waits: later events must
+            # not move the cursors past what is still missing), until it works or we stop.
+            window_start = now_ms() - int(self.config.sidecar.catch_up_window * 1000)
+            try:
+                found = await collect(
+                    self.rest,
+                    self.rules,
+                    cursors=self._cursors,
+                    default_cursor=default,
+                    window_start=window_start,
+                    seen=self._seen,
+                )
+                break
+            except Unauthorized:
+                raise
+            except MattermostError as exc:
+                if not exc.retryable:
+                    log.error("catch-up failed: %s; it will be tried after the next gap", exc)
+                    return
+                delay = _retry_delay(attempt, exc.retry_after, self._tuning.retry_base)
+                attempt += 1
+                log.error("catch-up failed: %s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
         for event, post, channel, team in found.items:
             await self._post_event(event, post, post.user_id, channel=channel, team=team)
         self.metrics.caught_up_posts.inc(len(found.items))
@@ -397,17 +427,29 @@ class Sidecar:
         )
 
     async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
-        """A cached REST lookup, retried a few times when the server is struggling."""
-        for attempt in range(LOOKUP_ATTEMPTS):
+        """A cached REST lookup, retried for as long as the server's failure is temporary.
+
+        Skipping the event instead would lose it for good: the next post of the channel
+        moves its cursor past it. The dispatcher waits; the websocket reader does not.
+        """
+        attempt = 0
+        while True:
             try:
                 return await fn(arg)
             except Unauthorized:
                 raise
             except MattermostError as exc:
-                if not exc.retryable or attempt == LOOKUP_ATTEMPTS - 1:
+                if not exc.retryable:
                     raise
-                await asyncio.sleep(0.25 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+                delay = _retry_delay(attempt, exc.retry_after, self._tuning.retry_base)
+                attempt += 1
+                if attempt >= LOOKUP_ATTEMPTS:
+                    log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _check_token(self) -> None:
+        """Raise Unauthorized if the server no longer accepts the bot token (for the gateway)."""
+        await self.rest.me()
 
     async def _post_event(
         self,
@@ -500,9 +542,10 @@ class Sidecar:
             self._cursors[post.channel_id] = max(
                 self._cursors.get(post.channel_id, 0), post.create_at
             )
-        committed = self.state.add_jobs(jobs) if jobs else None
-        self.state.processed(post.channel_id, self._cursors.get(post.channel_id, 0), [key], at)
-        if committed is not None:
+        committed = self.state.record(
+            jobs, post.channel_id, self._cursors.get(post.channel_id, 0), [key], at
+        )
+        if jobs:
             self.outbox.submit(jobs, committed)
 
     async def _housekeeping(self) -> None:

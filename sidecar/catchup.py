@@ -6,6 +6,12 @@ processed is not lost; processed keys de-duplicate), page forward past the 1000-
 and return what must still be processed, oldest first. Posts older than the window are counted
 and skipped. A post first seen here fires as ``posted`` with its current text; an edit of a
 post processed earlier fires as ``post_edited`` when some webhook listens for edits.
+
+The server answers ``since`` with at most 1000 posts chosen by a LIMIT without ORDER BY, so
+when a page comes back full, paging forward from the newest change seen is complete only if
+the server happened to return the oldest ones. Then the channel is also walked with
+``?page=&per_page=`` (newest first by create_at, a stable order) back to the cursor, so no new
+post is missed whatever order the server used; only edits beyond 1000 can still be missed.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import logging
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from sidecar.mattermost import RestClient
-from sidecar.models import Channel, EventName, Post, Team
+from sidecar.mattermost import MattermostError, RestClient, Unauthorized
+from sidecar.models import Channel, EventName, ObjectError, Post, Team
 from sidecar.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 1000  # the server's cap on one posts?since= answer
+PER_PAGE = 200  # the server's cap on per_page
 
 
 @dataclass(slots=True)
@@ -60,40 +67,104 @@ async def collect(
     window_start: int,
     seen: Container[str],
 ) -> CatchUp:
-    """Fetch and sort what is left to process since the cursors."""
+    """Fetch and sort what is left to process since the cursors.
+
+    A channel the server refuses (403/404: the bot left it meanwhile) is logged and skipped;
+    any other error is raised, so the caller can try the whole catch-up again.
+    """
     result = CatchUp()
     want_edits = rules.listens_for("post_edited")
     channels = await scope_channels(rest, rules)
     result.channels = len(channels)
     for channel, team in channels:
         cursor = cursors.get(channel.id, default_cursor)
-        since = cursor - 1
-        done: set[tuple[str, int]] = set()
-        while True:
-            page = await rest.posts_since(channel.id, since)
-            result.fetched += len(page)
-            for post in page:
-                if (post.id, post.update_at) in done:
+        try:
+            posts, fetched = await _changed_since(rest, channel.id, cursor, window_start)
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            if exc.retryable:
+                raise
+            log.warning("catch-up skipped channel %s: %s", channel.name, exc)
+            continue
+        result.fetched += fetched
+        for post in posts:
+            if post.delete_at:
+                continue
+            if post.create_at >= cursor:
+                if post.id in seen:
                     continue
-                done.add((post.id, post.update_at))
-                if post.delete_at:
+                if post.create_at < window_start:
+                    result.skipped_old += 1
                     continue
-                if post.create_at >= cursor:
-                    if post.id in seen:
-                        continue
-                    if post.create_at < window_start:
-                        result.skipped_old += 1
-                        continue
-                    result.items.append(("posted", post, channel, team))
-                elif want_edits and post.edit_at >= cursor and edit_key(post) not in seen:
-                    if post.edit_at < window_start:
-                        result.skipped_old += 1
-                        continue
-                    result.items.append(("post_edited", post, channel, team))
-            if len(page) < PAGE_LIMIT:
-                break
-            # The server returns at most 1000: ask again from the newest change seen.
-            newest = max(p.update_at for p in page) - 1
-            since = newest if newest > since else since + 1
+                result.items.append(("posted", post, channel, team))
+            elif want_edits and post.edit_at >= cursor and edit_key(post) not in seen:
+                if post.edit_at < window_start:
+                    result.skipped_old += 1
+                    continue
+                result.items.append(("post_edited", post, channel, team))
     result.items.sort(key=lambda i: i[1].edit_at if i[0] == "post_edited" else i[1].create_at)
     return result
+
+
+async def _changed_since(
+    rest: RestClient, channel_id: str, cursor: int, window_start: int
+) -> tuple[list[Post], int]:
+    """Every post of the channel changed at or after ``cursor`` (ms); and how many were fetched.
+
+    One entry per post, in its latest known version. (The fallback walk stops at the window:
+    older posts would be skipped anyway, they are just not all counted then.)
+    """
+    found: dict[str, Post] = {}
+    fetched = 0
+
+    def keep(post: Post) -> bool:
+        """Add or refresh a post; True when it brought something new."""
+        old = found.get(post.id)
+        if old is not None and old.update_at >= post.update_at:
+            return False
+        found[post.id] = post
+        return True
+
+    since = cursor - 1
+    full = False
+    while True:
+        page = await rest.posts_since(channel_id, since)
+        fetched += len(page)
+        fresh = [p for p in page if keep(p)]
+        if len(page) < PAGE_LIMIT:
+            break
+        full = True
+        if not fresh:
+            break  # a full page of what we already had: ``since`` cannot get further
+        # Ask again from the newest change seen (minus 1 ms: others may share that millisecond).
+        since = max(since + 1, max(p.update_at for p in page) - 1)
+    if full:
+        # The full pages may have been any 1000 of the changes (no ORDER BY on the server):
+        # walk the channel newest first, in a stable order, back to the cursor.
+        stop_at = max(cursor, window_start)
+        page_no = 0
+        while True:
+            page = await _posts_page(rest, channel_id, page_no)
+            fetched += len(page)
+            for post in page:
+                keep(post)
+            if len(page) < PER_PAGE or min(p.create_at for p in page) < stop_at:
+                break
+            page_no += 1
+    return list(found.values()), fetched
+
+
+async def _posts_page(rest: RestClient, channel_id: str, page: int) -> list[Post]:
+    """``GET /channels/{id}/posts?page=&per_page=``: live posts, newest first by create_at."""
+    params = {"page": str(page), "per_page": str(PER_PAGE)}
+    data = await rest.call("GET", f"/channels/{channel_id}/posts", params=params)
+    if not isinstance(data, dict):
+        raise MattermostError("posts page: expected an object")
+    order, posts = data.get("order") or [], data.get("posts") or {}
+    if not isinstance(order, list) or not isinstance(posts, dict):
+        raise MattermostError("posts page: bad PostList shape")
+    try:
+        return [Post.from_dict(posts[i]) for i in order if i in posts]
+    except ObjectError as exc:
+        raise MattermostError(f"bad post from server: {exc}") from exc

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from sidecar.config_checks import (
     Report,
     Table,
@@ -77,7 +79,7 @@ class WebhookConfig:
     channel_types: frozenset[ChannelType] | None = None
     trigger_words: tuple[str, ...] = ()
     trigger_when: int = 0  # 0 exact, 1 prefix (Mattermost's numbers)
-    trigger_regex: re.Pattern[str] | None = None
+    trigger_regex: regex.Pattern[str] | None = None  # compiled by the regex engine
     case_insensitive: bool = False
     users: tuple[str, ...] = ()
     exclude_users: tuple[str, ...] = ()
@@ -442,7 +444,7 @@ def _signing_secrets(t: Table) -> tuple[str, ...]:
     return secrets
 
 
-def _regex(t: Table) -> re.Pattern[str] | None:
+def _regex(t: Table) -> regex.Pattern[str] | None:
     pattern = t.string("trigger_regex")
     if not pattern:
         return None

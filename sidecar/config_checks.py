@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import regex
+
 # re's own parser (sre_parse): no stubs, and the old public name warns on import.
 _sre: Any = importlib.import_module("re._parser")
 _sre_c: Any = importlib.import_module("re._constants")
@@ -340,15 +342,22 @@ def is_network(entry: str) -> bool:
 # repeats never give back what they took, so they are allowed.
 
 
-def compile_regex(pattern: str) -> tuple[re.Pattern[str] | None, str]:
-    """The compiled pattern, or None and why it is refused (too long, invalid, unsafe)."""
+def compile_regex(pattern: str) -> tuple[regex.Pattern[str] | None, str]:
+    """The compiled pattern, or None and why it is refused (too long, invalid, unsafe).
+
+    The pattern must be valid Python ``re`` syntax (what the docs promise); it is compiled with
+    the ``regex`` engine, whose searches take a timeout (see rules.py): the static check below
+    refuses the classic blow-ups at load, the timeout bounds whatever it cannot see.
+    """
     if len(pattern) > MAX_REGEX_LENGTH:
         return None, f"must be at most {MAX_REGEX_LENGTH} characters"
     try:
-        compiled = re.compile(pattern)
+        re.compile(pattern)
         nested = _nested_quantifier(_sre.parse(pattern))
-    except (re.error, OverflowError, RecursionError, ValueError) as e:
-        return None, f"invalid regex: {e if isinstance(e, re.error) else 'pattern is too complex'}"
+        compiled = regex.compile(pattern, regex.VERSION0)
+    except (re.error, regex.error, OverflowError, RecursionError, ValueError) as e:
+        reason = e if isinstance(e, re.error | regex.error) else "pattern is too complex"
+        return None, f"invalid regex: {reason}"
     if nested:
         return None, "pattern may backtrack catastrophically (nested quantifier); rewrite it"
     return compiled, ""

@@ -14,7 +14,7 @@ import time
 from sidecar.config import Config
 from sidecar.delivery import USER_AGENT
 from sidecar.models import CHANNEL_TYPES, Channel, EventName, Post, Reaction, Team, User
-from sidecar.payload import build_request, signature_headers
+from sidecar.payload import build_request, go_form, go_json, signature_headers
 from sidecar.rules import Context, RuleSet
 
 ZBASE32 = "ybndrfg8ejkmcpqxot1uwisza345h769"
@@ -28,6 +28,18 @@ def synthetic_id(kind: str, name: str) -> str:
 
 def _looks_like_id(value: str) -> bool:
     return len(value) == 26 and value.isalnum() and value.islower()
+
+
+def hide_token(body: str, token: str) -> str:
+    """``body`` with the token shown as ``***`` however the body encodes it.
+
+    A form escapes ``/``, ``+``, ``&``… and JSON escapes ``<>&"``: the raw token alone would
+    miss those spellings and print the secret.
+    """
+    spellings = {token, go_form({"": token})[1:], go_json(token)[1:-1]} - {""}
+    for spelling in sorted(spellings, key=len, reverse=True):
+        body = body.replace(spelling, "***")
+    return body
 
 
 def dry_run(config: Config, args: argparse.Namespace) -> str:
@@ -81,7 +93,7 @@ def dry_run(config: Config, args: argparse.Namespace) -> str:
         )
         body = request.body.decode("utf-8")
         if not args.show_secrets:
-            body = body.replace(w.token, "***")
+            body = hide_token(body, w.token)
             if "webhook-signature" in headers:
                 headers["webhook-signature"] = "***"
         lines.append("")

@@ -8,6 +8,7 @@ events may have been missed (a gap), in which case the app catches up over REST.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,7 @@ class Gateway:
         backoff_cap: float = BACKOFF_CAP,
         user_agent: str = "mm-sidecar",
         on_status: Callable[[str], None] | None = None,
+        check_auth: Callable[[], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._url = websocket_url(url)
@@ -81,12 +83,15 @@ class Gateway:
         self._backoff_cap = backoff_cap
         self._user_agent = user_agent
         self._on_status = on_status or (lambda _text: None)
+        self._check_auth = check_auth
         self._rng = rng or random.Random()
         self.connection_id = ""
         self.next_seq = 0
         self.connected = False
         self.reconnects = 0
         self._ws: ClientConnection | None = None
+        self._opened = False  # the current/last session got past the upgrade
+        self._got_frames = False  # … and received at least one frame
 
     def __repr__(self) -> str:
         return f"Gateway({self._url!r}, connected={self.connected})"
@@ -123,6 +128,8 @@ class Gateway:
                 self._ws = None
             if stop.is_set():
                 break
+            if self._opened and not self._got_frames:
+                await self._verify_token()
             delay = self._rng.uniform(0, min(self._backoff_cap, self._backoff_base * 2**failures))
             failures += 1
             self.reconnects += 1
@@ -130,10 +137,24 @@ class Gateway:
                 "websocket %s; reconnecting in %.1f s (attempt %d)", reason, delay, failures
             )
             self._on_status(f"reconnecting in {delay:.0f} s")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
+
+    async def _verify_token(self) -> None:
+        """After a socket that never said anything: is the token still accepted?
+
+        The server does not refuse a bad token at the upgrade (it serves the websocket
+        unauthenticated and closes it after a few seconds, without a frame), so a revoked
+        token would otherwise look like an endless run of flaky connections.
+        """
+        if self._check_auth is None:
+            return
+        try:
+            await self._check_auth()
+        except Unauthorized:
+            raise
+        except Exception as exc:  # the server is unwell: the reconnect loop deals with that
+            log.debug("token check after a silent websocket failed: %s", exc)
 
     async def close(self) -> None:
         """Close the current socket, if any (``run`` then notices ``stop``)."""
@@ -142,6 +163,7 @@ class Gateway:
 
     async def _session(self, stop: asyncio.Event, first: bool) -> bool:
         """One connection, until it drops or ``stop`` is set. True if it delivered frames."""
+        self._opened = self._got_frames = False
         resume = bool(self.connection_id)
         url = self._url
         if resume:
@@ -162,6 +184,7 @@ class Gateway:
             compression=None,
         ) as ws:
             self._ws = ws
+            self._opened = True
             if resume:
                 # Authenticated at upgrade: the server replays what we missed, or says hello
                 # with a new connection id if it cannot.
@@ -186,7 +209,7 @@ class Gateway:
                         await ws.close()
                         return got
                     raw = reader.result()
-                    got = True
+                    got = self._got_frames = True
                     await self._frame(raw, first)
             finally:
                 stopper.cancel()

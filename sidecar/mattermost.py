@@ -48,6 +48,15 @@ class MattermostError(Exception):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
+class BadAnswer(MattermostError):
+    """A successful answer of the wrong shape. Not retryable: asking again gets the same."""
+
+    @property
+    def retryable(self) -> bool:
+        """Never: the server did answer."""
+        return False
+
+
 class Unauthorized(MattermostError):
     """401: the bot token was rejected. Fatal (exit 78): retrying cannot help."""
 
@@ -166,7 +175,7 @@ class RestClient:
                 headers=headers,
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                raw = await _read_at_most(resp.content, MAX_BODY_BYTES + 1)
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except TimeoutError as exc:
@@ -188,7 +197,7 @@ class RestClient:
             )
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # too deeply nested is as bad as malformed
             raise MattermostError(
                 f"{method} {path}: answer is not JSON: {_snippet(raw)}", status=status
             ) from exc
@@ -226,7 +235,7 @@ class RestClient:
         """The teams the bot belongs to."""
         data = await self.call("GET", "/users/me/teams")
         if not isinstance(data, list):
-            raise MattermostError("GET /users/me/teams: expected a list")
+            raise BadAnswer("GET /users/me/teams: expected a list")
         teams = [_parse(Team.from_dict, t, "team") for t in data]
         for t in teams:
             self._teams.put(t.id, t)
@@ -245,7 +254,7 @@ class RestClient:
         """The bot's channels in a team (the server adds its direct and group channels)."""
         data = await self.call("GET", f"/users/me/teams/{team_id}/channels")
         if not isinstance(data, list):
-            raise MattermostError("GET channels for user: expected a list")
+            raise BadAnswer("GET channels for user: expected a list")
         channels = [_parse(Channel.from_dict, c, "channel") for c in data]
         for c in channels:
             self._channels.put(c.id, c)
@@ -271,33 +280,45 @@ class RestClient:
         """
         data = await self.call("GET", f"/channels/{channel_id}/posts", params={"since": str(since)})
         if not isinstance(data, dict):
-            raise MattermostError("posts since: expected an object")
+            raise BadAnswer("posts since: expected an object")
         order = data.get("order") or []
         posts = data.get("posts") or {}
         if not isinstance(order, list) or not isinstance(posts, dict):
-            raise MattermostError("posts since: bad PostList shape")
+            raise BadAnswer("posts since: bad PostList shape")
         return [_parse(Post.from_dict, posts[i], "post") for i in order if i in posts]
 
     async def create_post(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /posts``; returns the created post's JSON."""
         data = await self.call("POST", "/posts", body=body)
         if not isinstance(data, dict):
-            raise MattermostError("create post: expected an object")
+            raise BadAnswer("create post: expected an object")
         return data
 
     async def client_config(self) -> dict[str, Any]:
         """The server's client config (old format: string values)."""
         data = await self.call("GET", "/config/client", params={"format": "old"})
         if not isinstance(data, dict):
-            raise MattermostError("client config: expected an object")
+            raise BadAnswer("client config: expected an object")
         return data
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, read up to ``limit`` bytes.
+
+    Not ``stream.read(limit)``: that returns only what has arrived so far, and so cuts any
+    answer longer than one network read.
+    """
+    try:
+        return await stream.readexactly(limit)
+    except asyncio.IncompleteReadError as exc:  # the usual case: the body is shorter
+        return exc.partial
 
 
 def _parse(fn: Callable[[Any], T], data: Any, what: str) -> T:
     try:
         return fn(data)
     except ObjectError as exc:
-        raise MattermostError(f"bad {what} from server: {exc}") from exc
+        raise BadAnswer(f"bad {what} from server: {exc}") from exc
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -318,7 +339,7 @@ def _error_text(raw: bytes) -> tuple[str, str]:
     """Mattermost's JSON error ``message`` and ``id``, or a snippet of whatever came back."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return _snippet(raw), ""
     if isinstance(data, dict):
         message = data.get("message")

@@ -50,6 +50,7 @@ class ReplyPlan:
 _JSON_SPACE = " \t\n\r"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a bad byte
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -63,14 +64,17 @@ def parse_response(body: bytes) -> dict[str, Any] | None:
     """Decode a callback's body; None when it asks for no reply (empty, null, ``{}``).
 
     Like Go's ``json.Decoder``, only the first JSON value is read: trailing bytes are
-    ignored. Raise ReplyError when the body is not a JSON object.
+    ignored, and invalid UTF-8 becomes U+FFFD. Raise ReplyError when the body is not a JSON
+    object.
     """
     if len(body) > MAX_RESPONSE_BYTES:
         raise ReplyError(f"response is over {MAX_RESPONSE_BYTES} bytes")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ReplyError(f"response is not UTF-8: {exc.reason}") from None
+    # Go's decoder takes invalid UTF-8 inside strings as one U+FFFD per bad byte (so a
+    # receiver answering in Latin-1 still gets its reply posted); outside strings the
+    # replacement character is as invalid as the byte was.
+    text = body.decode("utf-8", "surrogateescape")
+    if _ESCAPED_BYTE.search(text):
+        text = _ESCAPED_BYTE.sub("\ufffd", text)
     start = len(text) - len(text.lstrip(_JSON_SPACE))
     if start == len(text):
         return None

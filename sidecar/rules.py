@@ -8,12 +8,19 @@ few webhooks that could fire: 10,000 webhooks cost what 10 do.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.config import WebhookConfig
 from sidecar.models import EVENT_NAMES, Channel, EventName, Post, Reaction, Team, User
+
+log = logging.getLogger(__name__)
+
+# A trigger regex search on one message may take this long (seconds) before it is abandoned:
+# the regex engine's own timeout, so that no pattern and no message can stall the event loop.
+REGEX_TIMEOUT = 0.05
 
 # Go's unicode.IsSpace (the White_Space property), which strings.Fields splits on.
 # Python's str.split() differs: it also splits on U+001C..U+001F.
@@ -73,7 +80,17 @@ def _trigger(webhook: WebhookConfig, message: str, word: str) -> Match | None:
     if matched is not None:
         return Match(webhook, matched, {})
     if webhook.trigger_regex is not None:
-        m = webhook.trigger_regex.search(message)
+        try:
+            m = webhook.trigger_regex.search(message, timeout=REGEX_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "webhook=%s: trigger_regex gave up after %.0f ms on a %d-character message; "
+                "treated as no match (simplify the pattern)",
+                webhook.name,
+                REGEX_TIMEOUT * 1000,
+                len(message),
+            )
+            return None
         if m is None:
             return None
         groups = {k: v for k, v in m.groupdict().items() if v is not None}
@@ -111,13 +128,8 @@ def _actor_in_scope(webhook: WebhookConfig, ctx: Context) -> bool:
 
 def _never_fires(ctx: Context, bot_user_id: str) -> bool:
     post = ctx.post
-    return (
-        post.user_id == bot_user_id
-        or ctx.actor.id == bot_user_id
-        or post.from_webhook
-        or post.is_system
-        or post.delete_at != 0
-    )
+    own = bool(bot_user_id) and bot_user_id in (post.user_id, ctx.actor.id)
+    return own or post.from_webhook or post.is_system or post.delete_at != 0
 
 
 class _EventIndex:

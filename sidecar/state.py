@@ -211,6 +211,17 @@ class State:
         """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
         return self._submit("processed", channel_id, create_at, list(keys), at)
 
+    def record(
+        self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
+    ) -> asyncio.Future[None]:
+        """`add_jobs` and `processed` in one transaction.
+
+        A crash then leaves either both (the outbox resumes the jobs, the post is not matched
+        again) or neither (catch-up finds the post again): never a post marked processed
+        whose deliveries were lost, nor jobs that a catch-up would queue a second time.
+        """
+        return self._submit("record", list(jobs), channel_id, create_at, list(keys), at)
+
     def prune_seen(self, older_than: int) -> asyncio.Future[None]:
         """Forget processed keys older than ``older_than`` (ms)."""
         return self._submit("prune_seen", older_than)
@@ -280,6 +291,18 @@ class State:
             (channel_id, create_at),
         )
         conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", [(k, at) for k in keys])
+
+    @staticmethod
+    def _op_record(
+        conn: sqlite3.Connection,
+        jobs: list[Job],
+        channel_id: str,
+        create_at: int,
+        keys: list[str],
+        at: int,
+    ) -> None:
+        State._op_add_jobs(conn, jobs)
+        State._op_processed(conn, channel_id, create_at, keys, at)
 
     @staticmethod
     def _op_prune_seen(conn: sqlite3.Connection, older_than: int) -> None:

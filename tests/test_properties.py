@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,7 +87,7 @@ CHANNELS = [
 ]
 TEAMS = {"t1": Team("t1", "one"), "t2": Team("t2", "two")}
 USERS = [User("u1", "ann"), User("u2", "bob", is_bot=True), User("bot", "sidecar")]
-REGEXES = [None, re.compile(r"a(?P<x>b)?"), re.compile(r"(?P<w>\w+)$"), re.compile("zzz")]
+REGEXES = [None, regex.compile(r"a(?P<x>b)?"), regex.compile(r"(?P<w>\w+)$"), regex.compile("zzz")]
 EVENTS: list[EventName] = ["posted", "post_edited", "reaction_added"]
 
 

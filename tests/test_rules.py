@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
+import regex
 
 from sidecar.config import WebhookConfig
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
@@ -111,8 +111,8 @@ def test_trigger_words(webhook_kw: dict[str, Any], message: str, expected: str |
 
 
 def test_regex_named_groups_that_took_part() -> None:
-    regex = re.compile(r"deploy (?P<app>\w+)(?: to (?P<env>\w+))?")
-    rules = RuleSet([hook(trigger_regex=regex)], bot_user_id=BOT_ID)
+    pattern = regex.compile(r"deploy (?P<app>\w+)(?: to (?P<env>\w+))?")
+    rules = RuleSet([hook(trigger_regex=pattern)], bot_user_id=BOT_ID)
     [match] = rules.match(ctx("please deploy web now"))
     assert match.trigger_word == "deploy web"
     assert dict(match.groups) == {"app": "web"}
@@ -123,7 +123,7 @@ def test_regex_named_groups_that_took_part() -> None:
 
 
 def test_trigger_words_take_precedence_over_the_regex() -> None:
-    webhook = hook(trigger_words=("#build",), trigger_regex=re.compile(r"(?P<what>build)"))
+    webhook = hook(trigger_words=("#build",), trigger_regex=regex.compile(r"(?P<what>build)"))
     rules = RuleSet([webhook], bot_user_id=BOT_ID)
     [match] = rules.match(ctx("#build the build"))
     assert (match.trigger_word, dict(match.groups)) == ("#build", {})
@@ -136,7 +136,7 @@ def test_each_webhook_gets_its_own_trigger_word() -> None:
     webhooks = [
         hook("exact", trigger_words=("#build",)),
         hook("prefix", trigger_words=("#bu",), trigger_when=1),
-        hook("regex", trigger_regex=re.compile(r"now")),
+        hook("regex", trigger_regex=regex.compile(r"now")),
     ]
     assert fired(webhooks, ctx("#build now")) == [
         ("exact", "#build"),
@@ -310,7 +310,7 @@ def test_results_are_in_config_order() -> None:
     webhooks = [
         hook("c", channels=("town-square",)),
         hook("a", trigger_words=("#build",)),
-        hook("b", trigger_regex=re.compile("build")),
+        hook("b", trigger_regex=regex.compile("build")),
         hook("d", trigger_words=("#bu",), trigger_when=1, case_insensitive=True),
     ]
     assert [name for name, _ in fired(webhooks, ctx("#build"))] == ["c", "a", "b", "d"]
@@ -358,3 +358,9 @@ def test_ten_thousand_webhooks_match_correctly_and_look_at_few_candidates() -> N
     index = rules._indexes["posted"]
     assert index.candidates("!p17-x", PUBLIC) == {5017}
     assert index.candidates("#w4321", PUBLIC) == {4321}
+
+
+def test_an_unknown_bot_id_blocks_nobody() -> None:
+    # The dry run matches before it knows the bot: "" must not match an empty user id.
+    rules = RuleSet([hook(trigger_words=("#build",))], bot_user_id="")
+    assert [m.trigger_word for m in rules.match(ctx("#build", user_id=""))] == ["#build"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -100,6 +100,8 @@ class Emulator:
         self.response_delay = 0.0
         self.url = ""
         self.failures = Failures()
+        # Tests of hostile REST answers: a response for a request, or None to serve it normally.
+        self.intercept: Callable[[web.Request], web.StreamResponse | None] | None = None
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -402,6 +404,14 @@ class Emulator:
         websocket upgrade is matched only when ``path_prefix`` names it.
         """
         self.failures.add(n, status, method, path_prefix)
+
+    def inject_frame(self, raw: str | bytes) -> None:
+        """Send a raw websocket message (text, or binary for bytes) to every live socket.
+
+        Exactly as given, with no sequence number and no replay: for tests of hostile input.
+        A numbered event with any ``data`` is ``hub.publish(event, data, broadcast(), users)``.
+        """
+        self.hub.inject(raw)
 
     def delay_responses(self, seconds: float) -> None:
         """Delay every REST response by ``seconds`` (0 turns it off)."""

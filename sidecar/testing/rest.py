@@ -98,6 +98,10 @@ class RestApi:
                     headers={"Content-Type": "text/plain; charset=utf-8", **limit_headers},
                 )
         status = emu.failures.take(request.method, path, websocket=is_ws)
+        if status is None and not is_ws and emu.intercept is not None:
+            answer = emu.intercept(request)
+            if answer is not None:
+                return answer
         try:
             if status is not None:
                 raise ApiError(status, "emulator.injected_failure", "Injected failure.")

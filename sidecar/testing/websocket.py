@@ -58,7 +58,7 @@ class Socket:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
         self.request = request
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queue: asyncio.Queue[str | bytes] = asyncio.Queue()
         self.conn: Connection | None = None
         self.last_pong = time.monotonic()
         self.finished = asyncio.Event()
@@ -150,6 +150,12 @@ class Hub:
             old.abort()
         self._attach(conn, sock, frames)
         return conn
+
+    def inject(self, raw: str | bytes) -> None:
+        """Send ``raw`` as it is to every authenticated socket: not numbered, not buffered."""
+        for sock in self.sockets:
+            if sock.conn is not None:
+                sock.queue.put_nowait(raw)
 
     def _attach(self, conn: Connection, sock: Socket, frames: list[str]) -> None:
         conn.socket = sock
@@ -264,7 +270,10 @@ async def _writer(sock: Socket) -> None:
     while True:
         frame = await sock.queue.get()
         try:
-            await sock.ws.send_str(frame)
+            if isinstance(frame, bytes):
+                await sock.ws.send_bytes(frame)
+            else:
+                await sock.ws.send_str(frame)
         except (ConnectionError, RuntimeError):
             return
 

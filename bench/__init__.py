@@ -1,0 +1,1 @@
+"""Benchmarks of mm-sidecar: throughput, matching cost, catch-up. See bench/README.md."""

@@ -1,0 +1,439 @@
+"""Shared plumbing for the benchmarks: child processes, the control calls, /proc, tables, JSON.
+
+Every benchmark is a driver (this process, mostly idle) that starts the emulator
+(`bench.emulator_proc`), the recording callback (`bench.callback_proc`) and the system under
+test each in its own process, and talks to the first two over their ``/_bench`` HTTP control
+endpoints. All timestamps are ``time.time()`` taken in those processes, on one machine clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
+TRIGGER = "#bench"
+READY = "READY "
+
+# urllib would honour http_proxy for 127.0.0.1 otherwise.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def child_env() -> dict[str, str]:
+    """The environment of every child: this checkout first on the path, no proxies."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.pop("MM_SIDECAR_TOKEN", None)
+    env.pop("MM_SIDECAR_CONFIG", None)
+    return env
+
+
+class Proc:
+    """A child process with its output in a log file; optionally waits for a READY line."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, *, ready: bool) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.started = time.time()
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            list(argv),
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if ready else self._log,
+            stderr=self._log,
+        )
+        self._ready = ready
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        """Whether the child still runs."""
+        return self.popen.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The JSON after ``READY `` on the child's stdout; the rest of stdout is drained."""
+        assert self._ready and self.popen.stdout is not None
+        out = self.popen.stdout
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: not ready after {timeout:.0f} s\n{self.tail()}")
+            readable, _, _ = select.select([out], [], [], left)
+            if not readable:
+                continue
+            line = out.readline()
+            if not line:
+                raise RuntimeError(f"{self.name}: exited before it was ready\n{self.tail()}")
+            text = line.decode(errors="replace")
+            if text.startswith(READY):
+                threading.Thread(target=self._drain, args=(out,), daemon=True).start()
+                info: dict[str, Any] = json.loads(text[len(READY) :])
+                return info
+            self._log.write(line)
+
+    def _drain(self, out: IO[bytes]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in out:
+                self._log.write(line)
+
+    def stop(self, timeout: float = 15.0, *, sig: int = signal.SIGTERM) -> int | None:
+        """``sig`` (SIGTERM), then SIGKILL after ``timeout``; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        self._log.close()
+        return self.popen.returncode
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of the child's log, for error messages."""
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def call(method: str, url: str, body: Any = None, *, timeout: float = 60.0) -> Any:
+    """One JSON request to a control endpoint; returns the decoded answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with _OPENER.open(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM) in MiB."""
+    return _status_kib(pid, "VmHWM") / 1024
+
+
+def rss_mib(pid: int) -> float:
+    """The process's current resident set size (VmRSS) in MiB."""
+    return _status_kib(pid, "VmRSS") / 1024
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import sidecar
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "loadavg_at_start": list(os.getloadavg()),
+        "sidecar": sidecar.__version__,
+    }
+    with contextlib.suppress(ImportError):
+        from importlib.metadata import version
+
+        info["mmpy_bot"] = version("mmpy-bot")
+    return info
+
+
+# -- the emulator and the callback ---------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """One load run as the emulator saw it: when each post and its reply were created."""
+
+    created: dict[str, float]
+    replied: dict[str, float]
+    complete: bool
+
+
+class Harness:
+    """The emulator and the recording callback, each in its own process."""
+
+    def __init__(self, log_dir: Path, *, emulator_args: Sequence[str] = ()) -> None:
+        self.log_dir = log_dir
+        self._emulator_args = list(emulator_args)
+        self.emulator: Proc | None = None
+        self.callback: Proc | None = None
+        self.info: dict[str, Any] = {}
+        self.callback_url = ""
+
+    def __enter__(self) -> Harness:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.emulator = Proc(
+                "emulator",
+                [sys.executable, "-m", "bench.emulator_proc", *self._emulator_args],
+                self.log_dir,
+                ready=True,
+            )
+            self.callback = Proc(
+                "callback", [sys.executable, "-m", "bench.callback_proc"], self.log_dir, ready=True
+            )
+            self.info = self.emulator.wait_ready()
+            self.callback_url = self.callback.wait_ready()["url"]
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop both children."""
+        for proc in (self.emulator, self.callback):
+            if proc is not None:
+                proc.stop()
+
+    def pid(self, which: str) -> int:
+        """The process id of ``emulator`` or ``callback``."""
+        proc = self.emulator if which == "emulator" else self.callback
+        assert proc is not None
+        return proc.pid
+
+    @property
+    def url(self) -> str:
+        """The emulated Mattermost's base URL."""
+        return str(self.info["url"])
+
+    @property
+    def control(self) -> str:
+        """The base URL of the emulator process's /_bench endpoints."""
+        return str(self.info["control"])
+
+    @property
+    def hook_url(self) -> str:
+        """The callback URL that webhooks post to."""
+        return self.callback_url + "/hook"
+
+    def load(self, n: int, *, rate: float = 0.0, timeout: float = 60.0, wait: bool = True) -> Load:
+        """Post ``n`` messages (``rate`` per second, 0 = full speed); wait for their replies."""
+        body = {"n": n, "rate": rate, "timeout": timeout, "wait": wait}
+        got = call("POST", self.control + "/_bench/run", body, timeout=timeout + 60)
+        return Load(dict(got["created"]), dict(got["replied"]), bool(got["complete"]))
+
+    def replied_count(self) -> int:
+        """Replies created so far to the posts of the last load."""
+        return int(call("GET", self.control + "/_bench/progress")["replied"])
+
+    def reset(self, *, delay: float | None = None) -> None:
+        """Forget what both recorded; optionally change the callback's answer delay."""
+        call("POST", self.control + "/_bench/reset", {})
+        body = {} if delay is None else {"delay": delay}
+        call("POST", self.callback_url + "/_bench/reset", body)
+
+    def callbacks(self) -> dict[str, float]:
+        """post id → when its (first) callback request arrived."""
+        return dict(call("GET", self.callback_url + "/_bench/recorded", timeout=120))
+
+    def callback_count(self) -> int:
+        """Distinct posts the callback has been called for."""
+        return int(call("GET", self.callback_url + "/_bench/count")["count"])
+
+    def connected(self) -> bool:
+        """Whether the bot has a live websocket."""
+        return bool(call("GET", self.control + "/_bench/progress")["connected"])
+
+    def wait_connected(self, sut: Proc, timeout: float = 30.0) -> float:
+        """Wait for the bot's websocket; returns the time.time() it was first seen."""
+        deadline = time.monotonic() + timeout
+        while not self.connected():
+            if not sut.alive():
+                raise RuntimeError(f"{sut.name} exited (code {sut.popen.returncode})\n{sut.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sut.name}: no websocket after {timeout:.0f} s\n{sut.tail()}")
+            time.sleep(0.02)
+        return time.time()
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(value)
+
+
+def sidecar_config(
+    directory: Path,
+    harness: Harness,
+    *,
+    max_in_flight: int = 64,
+    extra_webhooks: str = "",
+    name: str = "sidecar.toml",
+) -> Path:
+    """A config for the sidecar against the harness: one webhook on the bench trigger word."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = directory / "state"
+    text = f"""\
+[mattermost]
+url = {toml_str(harness.url)}
+token = {toml_str(harness.info["bot_token"])}
+
+[sidecar]
+state_dir = {toml_str(str(state))}
+listen = ""
+allowed_untrusted_internal_connections = ["127.0.0.1"]
+max_in_flight = {max_in_flight}
+
+[[webhook]]
+name = "bench"
+channels = [{toml_str(harness.info["channel"])}]
+trigger_words = [{toml_str(TRIGGER)}]
+callback_urls = [{toml_str(harness.hook_url)}]
+token = {toml_str(WEBHOOK_TOKEN)}
+{extra_webhooks}"""
+    path = directory / name
+    path.write_text(text)
+    path.chmod(0o600)  # an inline token in a world-readable file draws a warning
+    return path
+
+
+def sidecar_argv(config: Path) -> list[str]:
+    """The command line of the sidecar daemon."""
+    return [sys.executable, "-m", "sidecar", "run", "-c", str(config)]
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (0 when empty)."""
+    if not values:
+        return 0.0
+    rank = max(0, min(len(values) - 1, int(-(-p * len(values) // 100)) - 1))
+    return values[rank]
+
+
+def latency_ms(start: Mapping[str, float], end: Mapping[str, float]) -> dict[str, float]:
+    """p50/p95/p99/max of ``end - start`` in ms over the keys both have."""
+    values = sorted((end[k] - start[k]) * 1000 for k in start if k in end)
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 2),
+        "p95": round(percentile(values, 95), 2),
+        "p99": round(percentile(values, 99), 2),
+        "max": round(values[-1], 2) if values else 0.0,
+    }
+
+
+def target(name: str, value: float | None, limit: float, *, at_least: bool) -> dict[str, Any]:
+    """One target with its verdict (None when it could not be measured)."""
+    ok = None if value is None else (value >= limit if at_least else value <= limit)
+    return {
+        "target": name,
+        "value": None if value is None else round(value, 3),
+        "limit": limit,
+        "rule": ">=" if at_least else "<=",
+        "pass": ok,
+    }
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain-text table; numbers right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    numeric = [bool(cells) and all(_is_num(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append(
+            "  ".join(
+                c.rjust(w) if numeric[i] else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "PASS" if value else "FAIL"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def _is_num(text: str) -> bool:
+    return text == "-" or text.replace(",", "").replace(".", "", 1).lstrip("-").isdigit()
+
+
+def targets_table(targets: Sequence[Mapping[str, Any]]) -> str:
+    """The targets with PASS/FAIL (or n/a)."""
+    rows = [
+        (
+            t["target"],
+            t["value"],
+            f"{t['rule']} {t['limit']:g}",
+            "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL"),
+        )
+        for t in targets
+    ]
+    return format_table(("target", "value", "limit", "result"), rows)
+
+
+def write_json(kind: str, data: Mapping[str, Any], out: Path | None) -> Path:
+    """Write results to ``out`` or ``bench/results/<kind>-<timestamp>.json``."""
+    if out is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    return out

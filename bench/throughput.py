@@ -1,0 +1,425 @@
+"""Throughput, latency and cost: the sidecar against mmpy_bot and a minimal forwarder.
+
+``python -m bench.throughput`` (see bench/README.md). The emulator (with the load generator
+inside), the recording callback and each system under test run in their own processes; the
+systems run one after another against the same emulator and callback, in one run, so the
+ratios hold on a noisy machine. For each system and scenario:
+
+* posts/s end to end: posts whose reply was created ÷ (last reply − first post);
+* p50/p95/p99 latency post → callback request and post → reply created (ms);
+* CPU seconds of the system's process per 1,000 posts, and its peak RSS.
+
+Scenarios: ``max`` (N posts at full speed, callback answers at once), ``rate<R>`` (posts at
+R/s), ``slow-callback`` (full speed, callback answers after ``--delay`` s; the sidecar and the
+forwarder only: mmpy_bot's sync shape would take minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    RESULTS,
+    Harness,
+    Proc,
+    cpu_seconds,
+    format_table,
+    latency_ms,
+    machine,
+    peak_rss_mib,
+    sidecar_argv,
+    sidecar_config,
+    target,
+    targets_table,
+    write_json,
+)
+
+MMPY = ("mmpy-sync", "mmpy-async", "mmpy-executor")
+SUTS = ("forwarder", "sidecar", *MMPY)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load: ``n`` posts at ``rate``/s (0 = full speed), callback answering after delay."""
+
+    name: str
+    n: int
+    rate: float = 0.0
+    delay: float = 0.0
+
+    @property
+    def timeout(self) -> float:
+        expected = self.n / self.rate if self.rate else self.n / 40
+        return max(30.0, expected * 3)
+
+
+def mmpy_available() -> bool:
+    """Whether mmpy_bot is installed (``pip install -e '.[bench]'``)."""
+    return importlib.util.find_spec("mmpy_bot") is not None
+
+
+def sut_argv(
+    sut: str, h: Harness, workdir: Path, max_in_flight: int, *, fresh: bool = False
+) -> list[str]:
+    """The command line that starts one system under test."""
+    token = str(h.info["bot_token"])
+    if sut == "sidecar":
+        config = sidecar_config(workdir / sut, h, max_in_flight=max_in_flight)
+        return sidecar_argv(config)
+    if sut == "forwarder":
+        return [
+            *(sys.executable, "-m", "bench.forwarder", "--url", h.url, "--token", token),
+            *("--callback", h.hook_url, "--concurrency", str(max_in_flight)),
+        ]
+    shape = sut.removeprefix("mmpy-")
+    return [
+        *(sys.executable, "-m", "bench.mmpy_plugin", "--shape", shape, "--url", h.url),
+        *("--token", token, "--callback", h.hook_url, "--team", str(h.info["team"])),
+        *(["--fresh"] if fresh else []),
+    ]
+
+
+def measure(h: Harness, proc: Proc, sut: str, sc: Scenario) -> dict[str, Any]:
+    """Run one scenario against a running system; the row of numbers."""
+    h.reset(delay=sc.delay)
+    pids = {"sut": proc.pid, "emulator": h.pid("emulator"), "callback": h.pid("callback")}
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    load = h.load(sc.n, rate=sc.rate, timeout=sc.timeout)
+    used = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    cpu = used["sut"]
+    callbacks = h.callbacks()
+    done = len(load.replied)
+    first = min(load.created.values())
+    last = max(load.replied.values()) if load.replied else first
+    return {
+        "sut": sut,
+        "scenario": sc.name,
+        "n": sc.n,
+        "rate": sc.rate,
+        "callback_delay_s": sc.delay,
+        "replied": done,
+        "complete": load.complete,
+        "elapsed_s": round(last - first, 3),
+        "posts_per_s": round(done / (last - first), 1) if last > first else 0.0,
+        "post_to_callback_ms": latency_ms(load.created, callbacks),
+        "post_to_reply_ms": latency_ms(load.created, load.replied),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_1000": round(cpu * 1000 / max(done, 1), 3),
+        # The other two processes share the cores: their cost bounds everyone's throughput.
+        "emulator_cpu_s_per_1000": round(used["emulator"] * 1000 / max(done, 1), 3),
+        "callback_cpu_s_per_1000": round(used["callback"] * 1000 / max(done, 1), 3),
+        "cores_busy": round(sum(used.values()) / (last - first), 2) if last > first else 0.0,
+    }
+
+
+def run_sut(
+    h: Harness, sut: str, scenarios: list[Scenario], workdir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Start one system, warm it up, run its scenarios, stop it."""
+    argv = sut_argv(sut, h, workdir, args.max_in_flight, fresh=args.mmpy_fresh)
+    proc = Proc(sut, argv, workdir, ready=False)
+    rows: list[dict[str, Any]] = []
+    try:
+        h.wait_connected(proc)
+        h.reset(delay=0.0)
+        warm = h.load(args.warmup, timeout=30)
+        if not warm.complete:
+            raise RuntimeError(f"warm-up: {len(warm.replied)} of {args.warmup} replies in 30 s")
+        for sc in scenarios:
+            print(f"  {sut}: {sc.name} ({sc.n} posts)…", file=sys.stderr, flush=True)
+            row = measure(h, proc, sut, sc)
+            if not proc.alive():
+                raise RuntimeError(f"{sut} exited during {sc.name}")
+            rows.append(row)
+        peak = round(peak_rss_mib(proc.pid), 1)
+        for row in rows:
+            row["peak_rss_mib"] = peak
+    except RuntimeError as exc:
+        rows.append({"sut": sut, "scenario": "start", "error": f"{exc}\n{proc.tail()}"})
+        print(f"  {sut}: FAILED: {exc}", file=sys.stderr, flush=True)
+    finally:
+        proc.stop()
+    return rows
+
+
+# -- profile -------------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
+    """py-spy's raw (collapsed) stacks → the functions with most own / inclusive samples (%).
+
+    An executor thread waiting for work (``_worker``) is idle, though py-spy may count it:
+    those samples are dropped.
+    """
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = idle = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        if stack.rpartition(";")[2].startswith("_worker (concurrent/futures/thread.py"):
+            idle += count
+            continue
+        total += count
+        names = []
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame)
+            if m is None:
+                names.append(frame)
+                continue
+            path = m["file"]
+            short = path.split("site-packages/")[-1].split("/work/main/")[-1]
+            names.append(f"{m['fn']} ({short})")
+        own[names[-1]] += count
+        for name in set(names):
+            if "sidecar/" in name:
+                inclusive[name] += count
+
+    def pct(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / max(total, 1), 1)) for k, v in counter.most_common(top)]
+
+    return {
+        "samples": total,
+        "idle_samples_dropped": idle,
+        "own": pct(own),
+        "sidecar_inclusive": pct(inclusive),
+    }
+
+
+def profile_sidecar(h: Harness, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One more full-speed sidecar run with py-spy attached (kept out of the measured runs)."""
+    proc = Proc(
+        "sidecar-profiled", sut_argv("sidecar", h, workdir / "profiled", 64), workdir, ready=False
+    )
+    raw_path = workdir / "sidecar-profile.txt"
+    try:
+        h.wait_connected(proc)
+        h.reset(delay=0.0)
+        h.load(args.warmup, timeout=30)
+        spy = Proc(
+            "py-spy",
+            [
+                "py-spy",
+                "record",
+                "-p",
+                str(proc.pid),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw_path),
+            ],
+            workdir,
+            ready=False,
+        )
+        time.sleep(0.5)
+        row = measure(h, proc, "sidecar (profiled)", Scenario("max", max(args.n, 3000)))
+        spy.stop(sig=signal.SIGINT)
+        summary = summarize_profile(raw_path.read_text()) if raw_path.exists() else {}
+        return {"run": row, "raw": str(raw_path), **summary}
+    except (RuntimeError, OSError) as exc:
+        return {"error": str(exc)}
+    finally:
+        proc.stop()
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _best(rows: list[dict[str, Any]], sut: str, scenario: str) -> dict[str, Any] | None:
+    found = [r for r in rows if r["sut"] == sut and r["scenario"] == scenario and "error" not in r]
+    if not found:
+        return None
+    # Several rounds: the median round by throughput stands for the system.
+    found.sort(key=lambda r: r["posts_per_s"])
+    return found[len(found) // 2]
+
+
+def targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The issue's targets, from the measured rows."""
+    side, fwd = _best(rows, "sidecar", "max"), _best(rows, "forwarder", "max")
+    mmpy = [r for r in (_best(rows, s, "max") for s in MMPY) if r is not None]
+    best_mmpy = max((r["posts_per_s"] for r in mmpy), default=None)
+    slow = _best(rows, "sidecar", "slow-callback")
+    r100 = _best(rows, "sidecar", "rate100")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    s_tput = side["posts_per_s"] if side else None
+    return [
+        target(
+            "throughput sidecar / forwarder",
+            ratio(s_tput, fwd["posts_per_s"] if fwd else None),
+            0.6,
+            at_least=True,
+        ),
+        target("throughput sidecar / best mmpy_bot", ratio(s_tput, best_mmpy), 3.0, at_least=True),
+        target(
+            "CPU per 1000 posts sidecar / forwarder",
+            ratio(side["cpu_s_per_1000"] if side else None, fwd["cpu_s_per_1000"] if fwd else None),
+            2.0,
+            at_least=False,
+        ),
+        target(
+            f"posts/s with a {args.delay * 1000:.0f} ms callback, max_in_flight"
+            f" {args.max_in_flight}",
+            slow["posts_per_s"] if slow else None,
+            250.0,
+            at_least=True,
+        ),
+        target(
+            "p99 post→callback ms at 100 posts/s",
+            r100["post_to_callback_ms"]["p99"] if r100 else None,
+            15.0,
+            at_least=False,
+        ),
+    ]
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The table of every run."""
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append((r["sut"], "FAILED", *([None] * 11)))
+            continue
+        cb, rp = r["post_to_callback_ms"], r["post_to_reply_ms"]
+        out.append(
+            (
+                r["sut"],
+                r["scenario"],
+                r["n"],
+                r["replied"],
+                r["posts_per_s"],
+                cb["p50"],
+                cb["p95"],
+                cb["p99"],
+                rp["p50"],
+                rp["p95"],
+                rp["p99"],
+                r["cpu_s_per_1000"],
+                r.get("peak_rss_mib"),
+            )
+        )
+    headers = (
+        "system", "scenario", "posts", "replied", "posts/s", "cb p50", "cb p95", "cb p99",
+        "reply p50", "reply p95", "reply p99", "CPU s/1k", "peak MiB",
+    )  # fmt: skip
+    return format_table(headers, out) + "\n(latencies in ms; cb = post → callback request)"
+
+
+def relative(rows: list[dict[str, Any]]) -> str:
+    """Each system's full-speed numbers relative to the minimal forwarder's."""
+    fwd = _best(rows, "forwarder", "max")
+    out = []
+    for sut in SUTS:
+        r = _best(rows, sut, "max")
+        if r is None:
+            continue
+        tput = r["posts_per_s"] / fwd["posts_per_s"] if fwd and fwd["posts_per_s"] else None
+        cpu = r["cpu_s_per_1000"] / fwd["cpu_s_per_1000"] if fwd and fwd["cpu_s_per_1000"] else None
+        others = r["emulator_cpu_s_per_1000"] + r["callback_cpu_s_per_1000"]
+        out.append((sut, r["posts_per_s"], tput, r["cpu_s_per_1000"], cpu, others, r["cores_busy"]))
+    headers = (
+        "system (max)", "posts/s", "× forwarder", "CPU s/1k", "CPU × forwarder",
+        "emulator+callback CPU s/1k", "cores busy",
+    )  # fmt: skip
+    return format_table(headers, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000, help="posts per full-speed run")
+    parser.add_argument("--rates", default="100", help="fixed rates, comma-separated (posts/s)")
+    parser.add_argument("--rate-n", type=int, default=600, help="posts per fixed-rate run")
+    parser.add_argument("--slow-n", type=int, default=2000, help="posts with the slow callback")
+    parser.add_argument("--delay", type=float, default=0.2, help="slow callback delay (s)")
+    parser.add_argument("--slow-suts", default="sidecar,forwarder")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all, median counts")
+    parser.add_argument("--suts", default=",".join(SUTS), help="systems, comma-separated")
+    parser.add_argument(
+        "--mmpy-fresh", action="store_true", help="mmpy_bot plugins make a client per call"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar afterwards")
+    parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/…)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.rate_n, args.slow_n, args.warmup = 100, 40, 128, 10
+    suts = [s for s in args.suts.split(",") if s]
+    unknown = set(suts) - set(SUTS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    skipped = []
+    if not mmpy_available():
+        skipped = [s for s in suts if s in MMPY]
+        suts = [s for s in suts if s not in MMPY]
+        if skipped:
+            print("mmpy_bot is not installed: skipping its variants", file=sys.stderr)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = args.out.with_suffix("") if args.out else RESULTS / f"throughput-{stamp}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    rates = [float(r) for r in args.rates.split(",") if r]
+    slow_suts = set(args.slow_suts.split(","))
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    profile: dict[str, Any] | None = None
+    with Harness(workdir) as h:
+        for round_no in range(args.rounds):
+            order = suts[round_no % len(suts) :] + suts[: round_no % len(suts)]
+            for sut in order:
+                scenarios = [Scenario("max", args.n)]
+                scenarios += [Scenario(f"rate{r:g}", args.rate_n, rate=r) for r in rates]
+                if sut in slow_suts:
+                    scenarios.append(Scenario("slow-callback", args.slow_n, delay=args.delay))
+                rows += run_sut(h, sut, scenarios, workdir, args)
+        if args.profile and "sidecar" in suts:
+            print("  profiling the sidecar with py-spy…", file=sys.stderr, flush=True)
+            profile = profile_sidecar(h, workdir, args)
+    checks = targets(rows, args)
+    data = {
+        "benchmark": "throughput",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "skipped": skipped,
+        "runs": rows,
+        "targets": checks,
+        "profile": profile,
+    }
+    path = write_json("throughput", data, args.out)
+    print(report(rows))
+    print()
+    print(relative(rows))
+    print()
+    print(targets_table(checks))
+    if profile and "own" in profile:
+        print("\nsidecar profile (py-spy, % of samples), own time:")
+        print(format_table(("function", "%"), profile["own"]))
+        print("\ninclusive, sidecar code:")
+        print(format_table(("function", "%"), profile["sidecar_inclusive"]))
+    print(f"\nJSON: {path}\nlogs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""A reduced run (small N) of each benchmark in bench/, so that they cannot rot.
+
+Each benchmark runs as its own process (``python -m bench.X --quick --out FILE``), exactly as
+bench/README.md says to run it; the tests check the JSON it writes: the expected fields, every
+post answered, numbers that make sense together. Never timings: a slow CI machine must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.common import format_table, latency_ms, percentile
+from bench.throughput import summarize_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(module: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run one benchmark with --quick; its JSON and what it printed."""
+    out = tmp_path / f"{module}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["benchmark"] == module
+    assert data["machine"]["cpus"] >= 1
+    assert str(out) in proc.stdout  # the table ends by naming the JSON file
+    return data, proc.stdout
+
+
+def check_latencies(row: dict[str, Any]) -> None:
+    """Every post was answered, and the percentiles are ordered as they must be."""
+    for key in ("post_to_callback_ms", "post_to_reply_ms"):
+        lat = row[key]
+        assert lat["n"] == row["n"], (row["sut"], row["scenario"], key)
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    # A reply is created after its callback was called, post by post, so in every percentile.
+    for p in ("p50", "p95", "p99", "max"):
+        assert row["post_to_reply_ms"][p] >= row["post_to_callback_ms"][p]
+
+
+def check_throughput_rows(data: dict[str, Any], suts: list[str], scenarios: list[str]) -> None:
+    rows = data["runs"]
+    assert [r for r in rows if "error" in r] == []
+    assert {(r["sut"], r["scenario"]) for r in rows} == {(s, c) for s in suts for c in scenarios}
+    for row in rows:
+        assert row["complete"] is True
+        assert row["replied"] == row["n"] > 0
+        assert row["posts_per_s"] > 0 and row["elapsed_s"] > 0
+        assert row["cpu_s"] >= 0 and row["cpu_s_per_1000"] >= 0
+        assert row["peak_rss_mib"] > 10
+        check_latencies(row)
+
+
+def test_throughput_sidecar_and_forwarder(tmp_path: Path) -> None:
+    data, printed = run_bench("throughput", tmp_path, "--suts", "sidecar,forwarder")
+    check_throughput_rows(data, ["sidecar", "forwarder"], ["max", "rate100", "slow-callback"])
+    for row in data["runs"]:
+        if row["scenario"] == "slow-callback":
+            # The callback really waits 200 ms before it answers, and the reply follows it.
+            assert row["callback_delay_s"] == 0.2
+            assert row["post_to_reply_ms"]["p50"] >= 200
+        if row["scenario"] == "rate100":
+            assert row["rate"] == 100
+    targets = {t["target"]: t for t in data["targets"]}
+    assert len(targets) == 5
+    mmpy = targets["throughput sidecar / best mmpy_bot"]
+    assert mmpy["value"] is None and mmpy["pass"] is None  # not measured in this run
+    for name, t in targets.items():
+        if name != "throughput sidecar / best mmpy_bot":
+            assert isinstance(t["pass"], bool), name
+            assert t["value"] > 0
+    assert "sidecar" in printed and "forwarder" in printed
+    assert "PASS" in printed or "FAIL" in printed
+
+
+def test_throughput_mmpy_bot(tmp_path: Path) -> None:
+    pytest.importorskip("mmpy_bot")
+    suts = ["mmpy-sync", "mmpy-async", "mmpy-executor"]
+    data, printed = run_bench("throughput", tmp_path, "--suts", ",".join(suts))
+    check_throughput_rows(data, suts, ["max", "rate100"])
+    assert data["skipped"] == []
+    assert "mmpy_bot" in data["machine"]
+    for sut in suts:
+        assert sut in printed
+
+
+def test_matching(tmp_path: Path) -> None:
+    data, printed = run_bench("matching", tmp_path)
+    costs = data["match_cost"]
+    kinds = {"exact", "prefix", "regex", "channel", "mixed"}
+    assert {(r["kind"], r["webhooks"]) for r in costs} == {(k, n) for k in kinds for n in (10, 100)}
+    for row in costs:
+        assert row["us_per_event"] > 0
+        # Half the events fire exactly one webhook, half fire none: matching is right.
+        assert row["matches_per_event"] == 0.5, row
+    assert data["config_load"]["webhooks"] == 200
+    assert data["config_load"]["load_s_first"] > 0
+    rss = data["sidecar_rss"]
+    assert [r["webhooks"] for r in rss] == [11, 201]
+    for row in rss:
+        assert "error" not in row
+        assert row["replied"] == row["posts"] == 50
+        assert row["peak_rss_mib"] >= row["rss_mib"] > 10
+    assert len(data["targets"]) == 4
+    assert all(isinstance(t["pass"], bool) for t in data["targets"])
+    assert "regex" in printed
+
+
+def test_catchup(tmp_path: Path) -> None:
+    data, printed = run_bench("catchup", tmp_path)
+    result = data["result"]
+    assert result["complete"] is True
+    assert result["callbacks_received"] == result["posts"] == 300
+    assert 0 < result["connect_s"] <= result["catch_up_s"] <= result["all_replies_s"]
+    assert result["catch_up_from_connect_s"] >= 0
+    assert result["peak_rss_mib"] > 10
+    [check] = data["targets"]
+    assert check["value"] == result["catch_up_s"] and isinstance(check["pass"], bool)
+    assert "catch-up of 300 posts" in printed
+
+
+# -- the pure helpers ----------------------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7
+    assert percentile([], 50) == 0
+
+
+def test_latency_only_counts_posts_with_both_times() -> None:
+    start = {"a": 1.0, "b": 2.0, "c": 3.0}
+    end = {"a": 1.010, "b": 2.030}
+    lat = latency_ms(start, end)
+    assert lat["n"] == 2
+    assert lat["p50"] == pytest.approx(10, abs=0.01)
+    assert lat["max"] == pytest.approx(30, abs=0.01)
+
+
+def test_profile_summary_counts_own_and_inclusive_samples() -> None:
+    raw = "\n".join(
+        [
+            "main (sidecar/cli.py:10);_handle (/work/main/sidecar/app.py:20);"
+            "dumps (json/__init__.py:5) 30",
+            "main (sidecar/cli.py:10);_writer (sidecar/state.py:99) 70",
+            "_bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 50",
+        ]
+    )
+    summary = summarize_profile(raw)
+    assert summary["samples"] == 100 and summary["idle_samples_dropped"] == 50
+    own = dict(summary["own"])
+    assert own == {"_writer (sidecar/state.py)": 70.0, "dumps (json/__init__.py)": 30.0}
+    inclusive = dict(summary["sidecar_inclusive"])
+    assert inclusive["main (sidecar/cli.py)"] == 100.0
+    assert inclusive["_handle (sidecar/app.py)"] == 30.0
+
+
+def test_table_aligns_numbers_right() -> None:
+    text = format_table(("name", "n"), [("a", 5), ("bb", 1234.4)])
+    lines = text.splitlines()
+    assert lines[0].startswith("name")
+    assert lines[2].endswith("    5") and lines[3].endswith("1,234")
