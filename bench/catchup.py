@@ -21,11 +21,14 @@ from bench.common import (
     Harness,
     Proc,
     cpu_seconds,
-    format_table,
-    machine,
     peak_rss_mib,
     sidecar_argv,
     sidecar_config,
+)
+from bench.report import (
+    format_table,
+    load_note,
+    machine,
     target,
     targets_table,
     write_json,
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     with Harness(workdir) as h:
         result = catch_up(h, args.n, workdir, args.timeout)
     checks = [target(f"catch-up of {args.n} posts (s)", result["catch_up_s"], 10.0, at_least=False)]
-    data = {
+    data: dict[str, Any] = {
         "benchmark": "catchup",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(headers, [[result[k] for k in keys]]))
     print("(seconds from the sidecar's process start)\n")
     print(targets_table(checks))
+    note = load_note(data["machine"]["loadavg_at_start"])
+    if note:
+        print("\n" + note)
     print(f"\nJSON: {path}\nlogs: {workdir}")
     return 0
 

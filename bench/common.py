@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import select
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -136,11 +135,22 @@ def call(method: str, url: str, body: Any = None, *, timeout: float = 60.0) -> A
 # -- /proc ---------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process so far (all threads), or of one of its threads.
+
+    The main thread's id is the process id.
+    """
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) so far."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, key: str) -> float:
@@ -158,31 +168,6 @@ def peak_rss_mib(pid: int) -> float:
 def rss_mib(pid: int) -> float:
     """The process's current resident set size (VmRSS) in MiB."""
     return _status_kib(pid, "VmRSS") / 1024
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    import sidecar
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "loadavg_at_start": list(os.getloadavg()),
-        "sidecar": sidecar.__version__,
-    }
-    with contextlib.suppress(ImportError):
-        from importlib.metadata import version
-
-        info["mmpy_bot"] = version("mmpy-bot")
-    return info
 
 
 # -- the emulator and the callback ---------------------------------------------------------------
@@ -345,95 +330,3 @@ token = {toml_str(WEBHOOK_TOKEN)}
 def sidecar_argv(config: Path) -> list[str]:
     """The command line of the sidecar daemon."""
     return [sys.executable, "-m", "sidecar", "run", "-c", str(config)]
-
-
-# -- numbers -------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 when empty)."""
-    if not values:
-        return 0.0
-    rank = max(0, min(len(values) - 1, int(-(-p * len(values) // 100)) - 1))
-    return values[rank]
-
-
-def latency_ms(start: Mapping[str, float], end: Mapping[str, float]) -> dict[str, float]:
-    """p50/p95/p99/max of ``end - start`` in ms over the keys both have."""
-    values = sorted((end[k] - start[k]) * 1000 for k in start if k in end)
-    return {
-        "n": len(values),
-        "p50": round(percentile(values, 50), 2),
-        "p95": round(percentile(values, 95), 2),
-        "p99": round(percentile(values, 99), 2),
-        "max": round(values[-1], 2) if values else 0.0,
-    }
-
-
-def target(name: str, value: float | None, limit: float, *, at_least: bool) -> dict[str, Any]:
-    """One target with its verdict (None when it could not be measured)."""
-    ok = None if value is None else (value >= limit if at_least else value <= limit)
-    return {
-        "target": name,
-        "value": None if value is None else round(value, 3),
-        "limit": limit,
-        "rule": ">=" if at_least else "<=",
-        "pass": ok,
-    }
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table; numbers right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    numeric = [bool(cells) and all(_is_num(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append(
-            "  ".join(
-                c.rjust(w) if numeric[i] else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "PASS" if value else "FAIL"
-    if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
-
-
-def _is_num(text: str) -> bool:
-    return text == "-" or text.replace(",", "").replace(".", "", 1).lstrip("-").isdigit()
-
-
-def targets_table(targets: Sequence[Mapping[str, Any]]) -> str:
-    """The targets with PASS/FAIL (or n/a)."""
-    rows = [
-        (
-            t["target"],
-            t["value"],
-            f"{t['rule']} {t['limit']:g}",
-            "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL"),
-        )
-        for t in targets
-    ]
-    return format_table(("target", "value", "limit", "result"), rows)
-
-
-def write_json(kind: str, data: Mapping[str, Any], out: Path | None) -> Path:
-    """Write results to ``out`` or ``bench/results/<kind>-<timestamp>.json``."""
-    if out is None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    return out

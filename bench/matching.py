@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,21 @@ from bench.common import (
     WEBHOOK_TOKEN,
     Harness,
     Proc,
-    format_table,
-    machine,
     peak_rss_mib,
     rss_mib,
     sidecar_argv,
     sidecar_config,
+    toml_str,
+)
+from bench.report import (
+    format_table,
+    load_note,
+    machine,
     target,
     targets_table,
-    toml_str,
     write_json,
 )
-from sidecar.config import ZBASE32, WebhookConfig, load_config
+from sidecar.config import ZBASE32, WebhookConfig, load_config, webhook_from_dict
 from sidecar.models import Channel, Post, Team, User
 from sidecar.rules import Context, RuleSet
 
@@ -75,24 +77,14 @@ def split(kind: str, n: int) -> list[tuple[str, int]]:
 
 
 def webhooks(kind: str, n: int) -> list[WebhookConfig]:
-    """n webhooks of a kind, built directly (config validation is measured separately)."""
-    hooks = []
-    for pos, (k, i) in enumerate(split(kind, n)):
-        table = webhook_table(k, i)
-        regex = table.get("trigger_regex")
-        hooks.append(
-            WebhookConfig(
-                index=pos,
-                name=f"hook{pos}",
-                callback_urls=(CALLBACK,),
-                token=WEBHOOK_TOKEN,
-                channels=tuple(table.get("channels", ())),
-                trigger_words=tuple(table.get("trigger_words", ())),
-                trigger_when=1 if table.get("trigger_when") == "prefix" else 0,
-                trigger_regex=re.compile(regex) if regex else None,
-            )
+    """n webhooks of a kind, validated one by one as the config loader does."""
+    return [
+        webhook_from_dict(
+            {"name": f"hook{pos}", "callback_urls": [CALLBACK], "token": WEBHOOK_TOKEN, **table},
+            index=pos,
         )
-    return hooks
+        for pos, table in enumerate(webhook_table(k, i) for k, i in split(kind, n))
+    ]
 
 
 def event(kind: str, i: int | None, serial: int) -> Context:
@@ -149,7 +141,7 @@ def cost(rules: RuleSet, evs: list[Context], budget: float) -> tuple[float, floa
 
 def match_costs(sizes: list[int], budget: float) -> list[dict[str, Any]]:
     """Cost rows for every kind × size."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for kind in KINDS:
         base = None
         for n in sizes:
@@ -230,7 +222,7 @@ def config_load(n: int, workdir: Path) -> dict[str, Any]:
 
 def sidecar_rss(sizes: list[int], posts: int, workdir: Path) -> list[dict[str, Any]]:
     """A real sidecar with n extra webhooks: RSS after serving ``posts`` posts."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     with Harness(workdir) as h:
         for n in sizes:
             extra = webhooks_toml(n, h.hook_url, first=1)
@@ -312,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             at_least=False,
         )
     )
-    data = {
+    data: dict[str, Any] = {
         "benchmark": "matching",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
@@ -372,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(targets_table(checks))
+    note = load_note(data["machine"]["loadavg_at_start"])
+    if note:
+        print("\n" + note)
     print(f"\nJSON: {path}\nlogs: {workdir}")
     return 0
 

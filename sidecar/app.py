@@ -430,7 +430,8 @@ class Sidecar:
         """A cached REST lookup, retried for as long as the server's failure is temporary.
 
         Skipping the event instead would lose it for good: the next post of the channel
-        moves its cursor past it. The dispatcher waits; the websocket reader does not.
+        moves its cursor past it. The dispatcher waits; the websocket reader goes on
+        queueing until the queue (QUEUE_SIZE) is full.
         """
         attempt = 0
         while True:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bench.common import format_table, latency_ms, percentile
-from bench.throughput import summarize_profile
+from bench.profile import summarize_profile
+from bench.report import format_table, latency_ms, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,16 +158,21 @@ def test_profile_summary_counts_own_and_inclusive_samples() -> None:
         [
             "main (sidecar/cli.py:10);_handle (/work/main/sidecar/app.py:20);"
             "dumps (json/__init__.py:5) 30",
-            "main (sidecar/cli.py:10);_writer (sidecar/state.py:99) 70",
+            "main (sidecar/cli.py:10);emit (logging/__init__.py:1) 50",
+            "_bootstrap (threading.py:1);run (threading.py:2);_writer (sidecar/state.py:99) 20",
             "_bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 50",
         ]
     )
     summary = summarize_profile(raw)
     assert summary["samples"] == 100 and summary["idle_samples_dropped"] == 50
-    own = dict(summary["own"])
-    assert own == {"_writer (sidecar/state.py)": 70.0, "dumps (json/__init__.py)": 30.0}
+    assert summary["main_thread_pct"] == 80.0
+    assert dict(summary["own"]) == {
+        "emit (logging/__init__.py)": 50.0,
+        "dumps (json/__init__.py)": 30.0,
+    }
+    assert dict(summary["other_threads_own"]) == {"_writer (sidecar/state.py)": 20.0}
     inclusive = dict(summary["sidecar_inclusive"])
-    assert inclusive["main (sidecar/cli.py)"] == 100.0
+    assert inclusive["main (sidecar/cli.py)"] == 80.0
     assert inclusive["_handle (sidecar/app.py)"] == 30.0
 
 
