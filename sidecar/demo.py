@@ -116,7 +116,7 @@ async def demo(*, keep_running: bool = False) -> int:
     _print(f"sample CI callback   {cb_url}")
     _print(f"sidecar config       {config_path}")
     handler = _StepPrinter()
-    for name in ("sidecar.app", "sidecar.outbox"):
+    for name in ("sidecar.app", "sidecar.dispatch", "sidecar.outbox"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger(name).propagate = False
@@ -148,7 +148,7 @@ async def demo(*, keep_running: bool = False) -> int:
             stop.set()
             await serving
     finally:
-        for name in ("sidecar.app", "sidecar.outbox"):
+        for name in ("sidecar.app", "sidecar.dispatch", "sidecar.outbox"):
             logging.getLogger(name).removeHandler(handler)
             logging.getLogger(name).propagate = True
         await callback.cleanup()

@@ -23,8 +23,8 @@ from sidecar.delivery import USER_AGENT, Attempt, CallbackClient, backoff_delay
 from sidecar.health import Metrics
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Post
-from sidecar.payload import signature_headers
-from sidecar.reply import ReplyError, ReplySettings, build_reply, mentioned_user_ids, parse_response
+from sidecar.payload import request_headers, signature_headers
+from sidecar.reply import ReplyError, ReplySettings, build_reply, parse_response, response_user_ids
 from sidecar.state import Job, State
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,13 @@ class Outbox:
             if attempt is None:
                 await self._state.finish_job(job.id)
                 return
+            if attempt.error:  # an answer came but cannot be used (over 1 MiB)
+                self._metrics.replies.labels("rejected").inc()
+                log.warning(
+                    "no reply webhook=%s post=%s: %s", webhook.name, job.post_id, attempt.error
+                )
+                await self._state.finish_job(job.id)
+                return
             job.stage, job.response = "reply", attempt.body
             self._state.update_job(job)
         await self._reply(job, webhook)
@@ -134,18 +141,12 @@ class Outbox:
         url = safe_url(job.url)
         while True:
             async with self._slots:
-                headers = {
-                    "Content-Type": job.content_type,
-                    "Accept": "application/json",
-                    "User-Agent": USER_AGENT,
-                    "webhook-id": job.webhook_id,
-                }
-                if webhook.signing_secrets:
-                    headers.update(
-                        signature_headers(
-                            job.webhook_id, int(time.time()), job.body, webhook.signing_secrets
-                        )
+                headers = request_headers(job.content_type, job.webhook_id, USER_AGENT)
+                headers.update(
+                    signature_headers(
+                        job.webhook_id, int(time.time()), job.body, webhook.signing_secrets
                     )
+                )
                 attempt = await self._callbacks.send(
                     job.url, job.body, headers, timeout=webhook.timeout
                 )
@@ -211,8 +212,7 @@ class Outbox:
         post = Post(
             id=job.post_id, channel_id=job.channel_id, user_id="", create_at=0, root_id=job.root_id
         )
-        text = response.get("text")
-        usernames = await self._usernames(text if isinstance(text, str) else "")
+        usernames = await self._usernames(response)
         try:
             plan = build_reply(
                 response,
@@ -279,9 +279,10 @@ class Outbox:
                 await asyncio.sleep(delay)
         return None  # pragma: no cover - the loop always returns
 
-    async def _usernames(self, text: str) -> dict[str, str]:
+    async def _usernames(self, response: dict[str, Any]) -> dict[str, str]:
+        """Usernames for the ``<@USERID>`` mentions in text and attachments (cached lookups)."""
         names: dict[str, str] = {}
-        for user_id in mentioned_user_ids(text):
+        for user_id in response_user_ids(response):
             try:
                 names[user_id] = (await self._rest.user(user_id)).username
             except MattermostError as exc:

@@ -162,17 +162,22 @@ def encode_body(fields: Mapping[str, Any], content_type: str) -> bytes:
     return go_form(flat).encode("utf-8")
 
 
+def request_headers(content_type: str, ident: str, user_agent: str) -> dict[str, str]:
+    """The headers of every attempt, the signature aside (it depends on the time)."""
+    return {
+        "Content-Type": content_type,
+        "Accept": "application/json",
+        "User-Agent": user_agent,
+        "webhook-id": ident,
+    }
+
+
 def build_request(match: Match, ctx: Context, *, user_agent: str) -> Request:
     """The request for one matched webhook (headers without the signature)."""
     webhook = match.webhook
     ident = webhook_id(ctx.post.id, webhook.name, ctx.event, _discriminator(ctx))
     body = encode_body(payload_fields(match, ctx), webhook.content_type)
-    headers = {
-        "Content-Type": webhook.content_type,
-        "Accept": "application/json",
-        "User-Agent": user_agent,
-        "webhook-id": ident,
-    }
+    headers = request_headers(webhook.content_type, ident, user_agent)
     return Request(webhook_id=ident, body=body, content_type=webhook.content_type, headers=headers)
 
 

@@ -346,11 +346,6 @@ async def test_hostile_callback_responses(
     assert [p["message"] for p in hostile] == ["good reply"] * good.sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outbox.py logs 'delivered … status=200' then 'no reply …: empty response': "
-    "Attempt.error ('response too large (> 1 MiB)') is dropped when a status came",
-)
 async def test_oversized_callback_response_is_named_in_the_log(
     world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,7 +23,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from harness import FAST, World, make_config, running, seed, wait_until
-from sidecar.app import LOOKUP_ATTEMPTS, Sidecar
+from sidecar.app import Sidecar
+from sidecar.dispatch import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.faults import Failures

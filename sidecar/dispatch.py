@@ -1,0 +1,300 @@
+"""The pipeline's middle: event → context → matches → jobs in the outbox; catch-up after gaps.
+
+Events arrive one at a time, in the websocket's order (``Sidecar`` awaits each). For a post
+the dispatcher resolves its channel, team and author (cached REST lookups, retried while the
+server's trouble is temporary: skipping would lose the post, because the channel's next post
+moves the cursor past it), matches it against the rules, builds each callback request, and
+records the jobs and the processed post in one transaction before handing the jobs to the
+outbox. It owns the cursors (the last processed ``create_at`` per channel) and the processed
+keys that make catch-up and replays exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sidecar.catchup import collect, edit_key
+from sidecar.config import WebhookConfig
+from sidecar.delivery import USER_AGENT
+from sidecar.events import ChannelUpdated, Event, Posted, PostEdited, ReactionAdded, UserUpdated
+from sidecar.health import Metrics
+from sidecar.mattermost import MattermostError, RestClient, Unauthorized
+from sidecar.models import Channel, EventName, Post, Reaction, Team, User
+from sidecar.outbox import Outbox
+from sidecar.payload import build_request
+from sidecar.rules import Context, RuleSet
+from sidecar.state import Job, Snapshot, State
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOOKUP_ATTEMPTS = 4  # quiet retries of a lookup before each further retry is logged
+RETRY_CAP = 30.0  # seconds: the longest wait between two tries of a lookup or a catch-up
+POSITION_KEY = ""  # the cursor row holding where processing began (no channel has this id)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, Mattermost's time unit."""
+    return int(time.time() * 1000)
+
+
+def _retry_delay(attempt: int, retry_after: float | None, base: float) -> float:
+    """``base`` doubling to RETRY_CAP, jittered; at least the server's Retry-After."""
+    delay = min(RETRY_CAP, base * 2**attempt) * random.uniform(0.5, 1.0)
+    return float(max(delay, min(retry_after or 0.0, RETRY_CAP)))
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Dispatcher:
+    """Turns events into outbox jobs. Constructing it does no I/O."""
+
+    def __init__(
+        self,
+        *,
+        rest: RestClient,
+        state: State,
+        outbox: Outbox,
+        metrics: Metrics,
+        rules: RuleSet,
+        me: User,
+        snapshot: Snapshot,
+        catch_up_window: float,
+        retry_base: float,
+    ) -> None:
+        self.rest = rest
+        self.state = state
+        self.outbox = outbox
+        self.metrics = metrics
+        self.rules = rules  # replaced on reload
+        self.me = me
+        self.catch_up_window = catch_up_window  # replaced on reload
+        self._retry_base = retry_base
+        self._cursors = snapshot.cursors
+        self._seen = snapshot.seen
+        self._fresh = snapshot.fresh and not snapshot.cursors
+        self._position = max(snapshot.cursors.values()) if snapshot.cursors else now_ms()
+
+    async def gap(self) -> None:
+        """Events may have been missed: catch up; or, on the very first start, begin now."""
+        if self._fresh:
+            # First start: begin at the present, replay no history.
+            self._fresh = False
+            self._position = now_ms()
+            # Saved, so that a restart catches up from here even if nothing was processed
+            # meanwhile (per-channel cursors exist only for channels that had a post).
+            self._cursors[POSITION_KEY] = self._position
+            self.state.processed(POSITION_KEY, self._position, [], self._position)
+            log.info("first start: processing begins now; no history is replayed")
+            return
+        self.metrics.gaps.inc()
+        await self.catch_up()
+
+    def prune(self, horizon: int) -> None:
+        """Forget processed keys older than ``horizon`` (ms), in memory and on disk."""
+        for k in [k for k, at in self._seen.items() if at < horizon]:
+            del self._seen[k]
+        self.state.prune_seen(horizon)
+
+    async def dispatch(self, item: Event) -> None:
+        """Process one event from the websocket (in order; the caller awaits each)."""
+        if isinstance(item, ChannelUpdated):
+            self.rest.forget_channel(item.channel_id)
+            return
+        if isinstance(item, UserUpdated):
+            self.rest.forget_user(item.user_id)
+            return
+        if isinstance(item, Posted):
+            self.metrics.events.labels("posted").inc()
+            post = item.post
+            channel = None
+            if item.channel_type in ("O", "P", "D", "G") and item.channel_name:
+                channel = Channel(
+                    id=post.channel_id,
+                    team_id=item.team_id,
+                    type=item.channel_type,  # type: ignore[arg-type]
+                    name=item.channel_name,
+                )
+            await self._post_event("posted", post, post.user_id, channel=channel)
+        elif isinstance(item, PostEdited):
+            self.metrics.events.labels("post_edited").inc()
+            await self._post_event("post_edited", item.post, item.post.user_id)
+        elif isinstance(item, ReactionAdded):
+            self.metrics.events.labels("reaction_added").inc()
+            await self._reaction(item.reaction)
+
+    async def catch_up(self) -> None:
+        """Fetch and process what the websocket could not tell us (after a gap or a restart)."""
+        started = time.monotonic()
+        default = max([self._position, *self._cursors.values()])
+        log.info("catching up over REST from the last processed post")
+        attempt = 0
+        while True:
+            # A catch-up that fails is tried again (the dispatcher waits: later events must
+            # not move the cursors past what is still missing), until it works or we stop.
+            window_start = now_ms() - int(self.catch_up_window * 1000)
+            try:
+                found = await collect(
+                    self.rest,
+                    self.rules,
+                    cursors=self._cursors,
+                    default_cursor=default,
+                    window_start=window_start,
+                    seen=self._seen,
+                )
+                break
+            except Unauthorized:
+                raise
+            except MattermostError as exc:
+                if not exc.retryable:
+                    log.error("catch-up failed: %s; it will be tried after the next gap", exc)
+                    return
+                delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
+                attempt += 1
+                log.error("catch-up failed: %s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        for event, post, channel, team in found.items:
+            await self._post_event(event, post, post.user_id, channel=channel, team=team)
+        self.metrics.caught_up_posts.inc(len(found.items))
+        if found.skipped_old:
+            log.warning(
+                "catch-up skipped %d posts older than catch_up_window (%.0f s)",
+                found.skipped_old,
+                self.catch_up_window,
+            )
+        log.info(
+            "caught up: %d channels, %d posts fetched, %d processed, %d skipped as too old, "
+            "in %.2f s",
+            found.channels,
+            found.fetched,
+            len(found.items),
+            found.skipped_old,
+            time.monotonic() - started,
+        )
+
+    async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
+        """A cached REST lookup, retried for as long as the server's failure is temporary.
+
+        Skipping the event instead would lose it for good: the next post of the channel
+        moves its cursor past it. The dispatcher waits; the websocket reader goes on
+        queueing until the queue (QUEUE_SIZE) is full.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await fn(arg)
+            except Unauthorized:
+                raise
+            except MattermostError as exc:
+                if not exc.retryable:
+                    raise
+                delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
+                attempt += 1
+                if attempt >= LOOKUP_ATTEMPTS:
+                    log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _post_event(
+        self,
+        event: EventName,
+        post: Post,
+        actor_id: str,
+        *,
+        channel: Channel | None = None,
+        team: Team | None = None,
+        reaction: Reaction | None = None,
+    ) -> None:
+        if post.user_id == self.me.id or post.from_webhook or post.is_system:
+            return  # never fires; skip the lookups
+        if not self.rules.listens_for(event):
+            return
+        if event == "posted":
+            key = post.id
+        elif event == "post_edited":
+            key = edit_key(post)
+        else:
+            assert reaction is not None
+            key = f"{post.id}:r:{reaction.user_id}:{reaction.emoji_name}"
+        if key in self._seen:
+            return
+        try:
+            if channel is None:
+                channel = await self._lookup(self.rest.channel, post.channel_id)
+            if team is None and channel.team_id:
+                team = await self._lookup(self.rest.team, channel.team_id)
+            actor = await self._lookup(self.rest.user, actor_id)
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            log.error("skipped %s post=%s: lookup failed: %s", event, post.id, exc)
+            return
+        ctx = Context(
+            event=event, post=post, channel=channel, team=team, actor=actor, reaction=reaction
+        )
+        self._handle(ctx, key)
+
+    async def _reaction(self, reaction: Reaction) -> None:
+        if reaction.user_id == self.me.id or not self.rules.listens_for("reaction_added"):
+            return
+        try:
+            post = await self._lookup(self.rest.post, reaction.post_id)
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            log.error("skipped reaction on post=%s: %s", reaction.post_id, exc)
+            return
+        await self._post_event("reaction_added", post, reaction.user_id, reaction=reaction)
+
+    def _handle(self, ctx: Context, key: str) -> None:
+        """Match one event and hand its jobs to the outbox; record it as processed."""
+        post = ctx.post
+        jobs: list[Job] = []
+        for match in self.rules.match(ctx):
+            webhook: WebhookConfig = match.webhook
+            self.metrics.matches.labels(webhook.name).inc()
+            log.info(
+                "matched webhook=%s event=%s post=%s channel=%s user=@%s trigger=%r text=%r",
+                webhook.name,
+                ctx.event,
+                post.id,
+                ctx.channel.name,
+                ctx.actor.username,
+                match.trigger_word,
+                _excerpt(post.message),
+            )
+            request = build_request(match, ctx, user_agent=USER_AGENT)
+            for i, url in enumerate(webhook.callback_urls):
+                jobs.append(
+                    Job(
+                        id=f"{request.webhook_id}/{i}",
+                        webhook=webhook.name,
+                        url=url,
+                        webhook_id=request.webhook_id,
+                        body=request.body,
+                        content_type=request.content_type,
+                        event=ctx.event,
+                        post_id=post.id,
+                        channel_id=post.channel_id,
+                        root_id=post.root_id,
+                    )
+                )
+        at = max(post.create_at, post.edit_at, now_ms() if ctx.reaction else 0)
+        self._seen[key] = at
+        if ctx.event == "posted":
+            self._cursors[post.channel_id] = max(
+                self._cursors.get(post.channel_id, 0), post.create_at
+            )
+        committed = self.state.record(
+            jobs, post.channel_id, self._cursors.get(post.channel_id, 0), [key], at
+        )
+        if jobs:
+            self.outbox.submit(jobs, committed)
