@@ -1,8 +1,14 @@
-"""py-spy's raw (collapsed) stacks of the sidecar → where its time goes."""
+"""py-spy's raw (collapsed) stacks of the sidecar → where its time goes.
+
+``python -m bench.profile FILE`` summarises a raw file again (``throughput --profile`` keeps
+it as ``sidecar-profile.txt`` beside its logs).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections import Counter
 from typing import Any
 
@@ -38,7 +44,7 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
             path = m["file"]
             short = path.split("site-packages/")[-1].split("/work/main/")[-1]
             names.append(f"{m['fn']} ({short})")
-        if names[0].startswith("_bootstrap (threading.py"):
+        if "_bootstrap (threading.py" in names[0]:
             own_threads[names[-1]] += count
             continue
         main += count
@@ -58,3 +64,8 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
         "other_threads_own": pct(own_threads, 5),
         "sidecar_inclusive": pct(inclusive),
     }
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], encoding="utf-8") as raw_file:
+        print(json.dumps(summarize_profile(raw_file.read()), indent=1))

@@ -111,7 +111,10 @@ class Gateway:
             except Unauthorized:
                 raise
             except ConnectionClosed as exc:
-                reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+                # When we closed it (e.g. a frame over MAX_FRAME_BYTES: 1009), say why.
+                close = exc.rcvd or exc.sent
+                why = f"{close.code} {close.reason}".strip() if close else "no close frame"
+                reason = f"connection lost ({why})"
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status == 401:

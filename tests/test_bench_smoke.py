@@ -159,8 +159,9 @@ def test_profile_summary_counts_own_and_inclusive_samples() -> None:
             "main (sidecar/cli.py:10);_handle (/work/main/sidecar/app.py:20);"
             "dumps (json/__init__.py:5) 30",
             "main (sidecar/cli.py:10);emit (logging/__init__.py:1) 50",
-            "_bootstrap (threading.py:1);run (threading.py:2);_writer (sidecar/state.py:99) 20",
-            "_bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 50",
+            "Thread._bootstrap (threading.py:1);run (threading.py:2);"
+            "_writer (sidecar/state.py:99) 20",
+            "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 50",
         ]
     )
     summary = summarize_profile(raw)

@@ -27,7 +27,6 @@ from sidecar.app import Sidecar
 from sidecar.dispatch import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
 from sidecar.testing.emulator import Emulator
-from sidecar.testing.faults import Failures
 from sidecar.testing.model import ApiError, Post
 from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 
@@ -71,7 +70,7 @@ def block_websocket(mm: Emulator) -> None:
 
 
 def unblock(mm: Emulator) -> None:
-    mm.failures = Failures()
+    mm.clear_failures()
 
 
 def poster(world: World, channel: dict[str, Any]) -> Any:

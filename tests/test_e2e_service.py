@@ -55,7 +55,7 @@ async def test_readyz_follows_the_websocket(world: World, tmp_path: Path) -> Non
         await wait_until(lambda: not app.gateway.connected)
         status, text = await get(base + "/readyz")
         assert status == 503 and "not connected" in text
-        world.mm.failures._rules.clear()  # the server is back
+        world.mm.clear_failures()  # the server is back
         await wait_until(lambda: app.gateway.connected)
         assert (await get(base + "/readyz"))[0] == 200
         stop.set()

@@ -413,6 +413,10 @@ class Emulator:
         """
         self.hub.inject(raw)
 
+    def clear_failures(self) -> None:
+        """Forget every scripted failure not consumed yet (the server is healthy again)."""
+        self.failures = Failures()
+
     def delay_responses(self, seconds: float) -> None:
         """Delay every REST response by ``seconds`` (0 turns it off)."""
         self.response_delay = max(0.0, seconds)
