@@ -180,6 +180,7 @@ class Load:
     created: dict[str, float]
     replied: dict[str, float]
     complete: bool
+    gc_max_ms: float = 0.0  # the emulator's longest garbage-collection pause meanwhile
 
 
 class Harness:
@@ -251,7 +252,12 @@ class Harness:
         """Post ``n`` messages (``rate`` per second, 0 = full speed); wait for their replies."""
         body = {"n": n, "rate": rate, "timeout": timeout, "wait": wait}
         got = call("POST", self.control + "/_bench/run", body, timeout=timeout + 60)
-        return Load(dict(got["created"]), dict(got["replied"]), bool(got["complete"]))
+        return Load(
+            dict(got["created"]),
+            dict(got["replied"]),
+            bool(got["complete"]),
+            float(got.get("gc_max_ms", 0.0)),
+        )
 
     def replied_count(self) -> int:
         """Replies created so far to the posts of the last load."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -51,6 +52,9 @@ class LoadGenerator:
         self.replied: dict[str, float] = {}
         self._expected = 0
         self._done = asyncio.Event()
+        self.gc_pauses: list[float] = []
+        self._gc_started = 0.0
+        gc.callbacks.append(self._gc_callback)
         create_post = emu.create_post
 
         # Every post, from REST or from us, goes through create_post: a reply is a post whose
@@ -67,11 +71,22 @@ class LoadGenerator:
         emu.create_post = recording_create_post  # type: ignore[method-assign]
 
     def reset(self) -> None:
-        """Forget everything recorded."""
+        """Forget everything recorded; park what the emulator holds out of the GC's way."""
         self.created.clear()
         self.replied.clear()
         self._done = asyncio.Event()
         self._expected = 0
+        self.gc_pauses.clear()
+        # The emulator keeps every post: without this a full collection in the middle of a
+        # run walks all of them, and its pause would show up as the system's latency.
+        gc.collect()
+        gc.freeze()
+
+    def _gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     async def run(self, n: int, rate: float, timeout: float, wait: bool) -> dict[str, Any]:
         """Post ``n`` messages, then (with ``wait``) wait for their replies."""
@@ -96,6 +111,7 @@ class LoadGenerator:
             "created": self.created,
             "replied": self.replied,
             "complete": len(self.replied) >= n,
+            "gc_max_ms": round(max(self.gc_pauses, default=0.0) * 1000, 2),
         }
 
     def connected(self) -> bool:

@@ -128,6 +128,7 @@ def measure(h: Harness, proc: Proc, sut: str, sc: Scenario) -> dict[str, Any]:
         "emulator_cpu_s_per_1000": round(used["emulator"] * 1000 / max(done, 1), 3),
         "callback_cpu_s_per_1000": round(used["callback"] * 1000 / max(done, 1), 3),
         "cores_busy": round(sum(used.values()) / (last - first), 2) if last > first else 0.0,
+        "emulator_gc_max_ms": load.gc_max_ms,
         # Anything else on the machine meanwhile (other jobs: noise).
         "other_cores_busy": round(max(0.0, others) / (last - first), 2) if last > first else 0.0,
     }
@@ -273,7 +274,7 @@ def report(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append((r["sut"], "FAILED", *([None] * 11)))
+            out.append((r["sut"], "FAILED", *([None] * 12)))
             continue
         cb, rp = r["post_to_callback_ms"], r["post_to_reply_ms"]
         out.append(
@@ -291,13 +292,17 @@ def report(rows: list[dict[str, Any]]) -> str:
                 rp["p99"],
                 r["cpu_s_per_1000"],
                 r.get("peak_rss_mib"),
+                r["other_cores_busy"],
             )
         )
     headers = (
         "system", "scenario", "posts", "replied", "posts/s", "cb p50", "cb p95", "cb p99",
-        "reply p50", "reply p95", "reply p99", "CPU s/1k", "peak MiB",
+        "reply p50", "reply p95", "reply p99", "CPU s/1k", "peak MiB", "other jobs",
     )  # fmt: skip
-    return format_table(headers, out) + "\n(latencies in ms; cb = post → callback request)"
+    return format_table(headers, out) + (
+        "\n(latencies in ms; cb = post → callback request; other jobs = cores used meanwhile by"
+        " processes outside the benchmark)"
+    )
 
 
 def relative(rows: list[dict[str, Any]]) -> str:
