@@ -37,8 +37,6 @@ from bench.common import READY, TRIGGER
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import Post
 
-EXPIRE_EVERY = 1.0  # s between sweeps of the pending-post-id table (see _fast_pending)
-
 
 class LoadGenerator:
     """Posts messages and notes when each one and its reply were created."""
@@ -122,31 +120,6 @@ class LoadGenerator:
         )
 
 
-def _fast_pending(emu: Emulator) -> None:
-    """Sweep expired pending_post_ids once a second instead of on every create.
-
-    The emulator scans its whole pending-post-id table on every create that carries one: with
-    thousands of replies per 30 s TTL that scan would cost the emulator (and so the run) more
-    for the sidecar — the only system under test that sends pending_post_id — than for the
-    others. Semantics are unchanged: an id is a duplicate while it is younger than the TTL.
-    """
-    store = emu.store
-    last_sweep = [0.0]
-
-    def pending_duplicate(pending_post_id: str) -> Post | None:
-        if not pending_post_id:
-            return None
-        now = time.monotonic()
-        if now - last_sweep[0] > EXPIRE_EVERY:
-            last_sweep[0] = now
-            for key in [k for k, (_, exp) in store._pending.items() if exp <= now]:
-                del store._pending[key]
-        seen = store._pending.get(pending_post_id)
-        return store.posts[seen[0]] if seen is not None and seen[1] > now else None
-
-    store._pending_duplicate = pending_duplicate  # type: ignore[method-assign]
-
-
 def _app(gen: LoadGenerator) -> web.Application:
     async def run(request: web.Request) -> web.Response:
         body = await request.json()
@@ -187,7 +160,6 @@ async def serve(host: str, port: int) -> None:
     emu = Emulator(host=host, port=port)
     # Nobody resumes here: a stopped system's connection need not be fed for 300 s.
     emu.hub.resume_window = 2.0
-    _fast_pending(emu)
     team = emu.create_team("bench", "Bench")
     poster = emu.create_user("poster")
     bot = emu.create_user("sidecar-bot", is_bot=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,12 +40,12 @@ class _Redact(logging.Filter):
         self.secrets = [s for s in secrets if len(s) >= 6]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for s in self.secrets:
-                    message = message.replace(s, "***")
-                record.msg, record.args = message, None
+        message = record.getMessage()
+        if self.secrets and any(s in message for s in self.secrets):
+            for s in self.secrets:
+                message = message.replace(s, "***")
+        # Formatted once here; the formatter then does not format the arguments again.
+        record.msg, record.args = message, None
         return True
 
 
@@ -63,6 +64,18 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _TextFormatter(logging.Formatter):
+    """The text format; the time string is made once per second, not once per line."""
+
+    _stamp: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if self._stamp[0] != second:
+            self._stamp = (second, time.strftime(datefmt or "%H:%M:%S", time.localtime(second)))
+        return self._stamp[1]
+
+
 def setup_logging(
     fmt: str = "text", secrets: Sequence[str] = (), level: int = logging.INFO
 ) -> None:
@@ -74,9 +87,13 @@ def setup_logging(
         # journald stamps every line itself; elsewhere a short local time helps.
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
         handler.setFormatter(
-            logging.Formatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+            _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
         )
     handler.addFilter(_Redact(secrets))
+    # A log line per decision is on the hot path: skip what no format here prints (the
+    # caller's file and line, thread, process names).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -160,8 +160,10 @@ class RestClient:
         *,
         body: Any = None,
         params: Mapping[str, str] | None = None,
+        decode: bool = True,
     ) -> Any:
-        """One REST call; returns the decoded JSON or raises MattermostError / Unauthorized."""
+        """One REST call; returns the decoded JSON (None when not ``decode``) or raises
+        MattermostError / Unauthorized."""
         if self._session is None:
             raise RuntimeError("RestClient is not started")
         data = None if body is None else json.dumps(body).encode()
@@ -195,6 +197,8 @@ class RestClient:
                 error_id=error_id,
                 retry_after=retry_after,
             )
+        if not decode:
+            return None
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:  # too deeply nested is as bad as malformed
@@ -287,9 +291,12 @@ class RestClient:
             raise BadAnswer("posts since: bad PostList shape")
         return [_parse(Post.from_dict, posts[i], "post") for i in order if i in posts]
 
-    async def create_post(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /posts``; returns the created post's JSON."""
-        data = await self.call("POST", "/posts", body=body)
+    async def create_post(self, body: Mapping[str, Any], *, decode: bool = True) -> dict[str, Any]:
+        """``POST /posts``; returns the created post's JSON ({} when not ``decode``: the
+        hot path skips parsing a post it does not need)."""
+        data = await self.call("POST", "/posts", body=body, decode=decode)
+        if not decode:
+            return {}
         if not isinstance(data, dict):
             raise BadAnswer("create post: expected an object")
         return data

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.config import WebhookConfig
+from sidecar.config_checks import required_literal
 from sidecar.models import EVENT_NAMES, Channel, EventName, Post, Reaction, Team, User
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,32 @@ def _word_trigger(webhook: WebhookConfig, word: str) -> str | None:
     return None
 
 
-def _trigger(webhook: WebhookConfig, message: str, word: str) -> Match | None:
+class _Text:
+    """The message, with its case-folded form made at most once per event."""
+
+    __slots__ = ("_folded", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._folded: str | None = None
+
+    @property
+    def folded(self) -> str:
+        if self._folded is None:
+            self._folded = self.text.casefold()
+        return self._folded
+
+
+def _trigger(
+    webhook: WebhookConfig, message: str, word: str, literal: tuple[str, bool], text: _Text
+) -> Match | None:
     matched = _word_trigger(webhook, word)
     if matched is not None:
         return Match(webhook, matched, {})
     if webhook.trigger_regex is not None:
+        needle, folded = literal
+        if needle and needle not in (text.folded if folded else message):
+            return None  # the regex needs this literal: no search can match
         try:
             m = webhook.trigger_regex.search(message, timeout=REGEX_TIMEOUT)
         except TimeoutError:
@@ -210,6 +232,13 @@ class RuleSet:
             index.freeze()
             if any(event in w.events for w in self._webhooks):
                 self._indexes[event] = index
+        # For each regex webhook, a literal every match contains: tested before the search.
+        self._literals = [
+            required_literal(w.trigger_regex.pattern)
+            if w.trigger_regex is not None
+            else ("", False)
+            for w in self._webhooks
+        ]
         self._scope_by_channel: dict[str, list[int]] = {}
         self._scope_any_channel: list[int] = []
         for pos, webhook in enumerate(self._webhooks):
@@ -248,13 +277,14 @@ class RuleSet:
         message = ctx.post.message
         word = first_word(message)
         matches: list[Match] = []
+        text = _Text(message)
         for pos in sorted(index.candidates(word, ctx.channel)):
             webhook = self._webhooks[pos]
             if not _channel_in_scope(webhook, ctx.channel, ctx.team):
                 continue
             if not _actor_in_scope(webhook, ctx):
                 continue
-            found = _trigger(webhook, message, word)
+            found = _trigger(webhook, message, word, self._literals[pos], text)
             if found is not None:
                 matches.append(found)
         return matches

@@ -26,6 +26,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints
 DB_NAME = "state.sqlite3"
 
 _SCHEMA = """
@@ -107,6 +108,8 @@ class State:
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +138,9 @@ class State:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (the only fsyncs in WAL + NORMAL) run in their own thread: done by
+            # the writer at a commit, they would hold every delivery waiting for that commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -169,10 +175,14 @@ class State:
         return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs)
 
     def start_writer(self) -> None:
-        """Start the writer thread; must be called from the event loop that awaits writes."""
+        """Start the writer and checkpoint threads; call from the loop that awaits writes."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._writer, name="mm-sidecar-state", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, name="mm-sidecar-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""
@@ -180,6 +190,10 @@ class State:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -227,6 +241,24 @@ class State:
         return self._submit("prune_seen", older_than)
 
     # -- the writer thread -----------------------------------------------------------------
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database every CHECKPOINT_EVERY s, beside the writer.
+
+        A PASSIVE checkpoint from its own connection never blocks the writer's commits.
+        """
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("state checkpoint failed: %s", exc)
+            # The last one, after the writer's final commit: leave a small WAL behind.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def _writer(self) -> None:
         assert self._conn is not None and self._loop is not None

@@ -148,7 +148,11 @@ class Store(Directory):
         if not pending_post_id:
             return None
         now = time.monotonic()
-        for key in [k for k, (_, exp) in self._pending.items() if exp <= now]:
+        # Entries are added in time order with one TTL: the expired ones are at the front.
+        while self._pending:
+            key, (_, expires) = next(iter(self._pending.items()))
+            if expires > now:
+                break
             del self._pending[key]
         seen = self._pending.get(pending_post_id)
         return self.posts[seen[0]] if seen else None
