@@ -124,12 +124,27 @@ async def _own_addresses() -> frozenset[guard.IPAddress]:
     return await asyncio.to_thread(guard.own_addresses)
 
 
+_LITERAL_TTL = 60.0  # seconds a verdict on an IP-literal host is reused (own addresses too)
+_literal_verdicts: dict[tuple[str, Allowed], tuple[float, bool]] = {}
+
+
 async def _check_literal(host: str, allowed: Allowed) -> None:
     """Refuse an IP-literal host that aiohttp would connect to without resolving."""
-    if not guard.looks_like_ip_literal(host) or guard.host_allowed_outright(host, allowed):
-        return
-    addr = guard.parse_address(host)
-    if addr is None or not guard.address_allowed(addr, allowed, await _own_addresses()):
+    now = time.monotonic()
+    verdict = _literal_verdicts.get((host, allowed))
+    if verdict is None or verdict[0] < now:
+        ok = (
+            not guard.looks_like_ip_literal(host)
+            or guard.host_allowed_outright(host, allowed)
+            or (
+                (addr := guard.parse_address(host)) is not None
+                and guard.address_allowed(addr, allowed, await _own_addresses())
+            )
+        )
+        if len(_literal_verdicts) > 4096:
+            _literal_verdicts.clear()
+        verdict = _literal_verdicts[(host, allowed)] = (now + _LITERAL_TTL, ok)
+    if not verdict[1]:
         raise Forbidden(host, host)
 
 

@@ -200,22 +200,21 @@ class Gateway:
                 self._on_status("connected")
                 await self._sink(Connected(self.connection_id, resumed=True, gap=False))
             got = False
-            stopper = asyncio.ensure_future(stop.wait())
+            # One watcher per connection closes it on stop; the read loop itself stays a
+            # plain ``recv`` (no task per frame on the hot path).
+            closer = asyncio.create_task(_close_on(stop, ws), name="gateway-stop")
             try:
                 while True:
-                    reader = asyncio.ensure_future(ws.recv())
-                    done, _ = await asyncio.wait(
-                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if reader not in done:
-                        reader.cancel()
-                        await ws.close()
-                        return got
-                    raw = reader.result()
+                    try:
+                        raw = await ws.recv()
+                    except ConnectionClosed:
+                        if stop.is_set():
+                            return got
+                        raise
                     got = self._got_frames = True
                     await self._frame(raw, first)
             finally:
-                stopper.cancel()
+                closer.cancel()
 
     async def _frame(self, raw: str | bytes, first: bool) -> None:
         try:
@@ -270,3 +269,8 @@ class Gateway:
     def _advance(self, seq: int) -> None:
         if seq >= self.next_seq:
             self.next_seq = seq + 1
+
+
+async def _close_on(stop: asyncio.Event, ws: ClientConnection) -> None:
+    await stop.wait()
+    await ws.close()

@@ -125,18 +125,22 @@ class Outbox:
             if attempt is None:
                 await self._state.finish_job(job.id)
                 return
+            delivered = (
+                f"delivered webhook={webhook.name} post={job.post_id} url={safe_url(job.url)} "
+                f"status={attempt.status} in {attempt.elapsed_ms:.0f} ms (attempt {job.attempts})"
+            )
             if attempt.error:  # an answer came but cannot be used (over 1 MiB)
                 self._metrics.replies.labels("rejected").inc()
-                log.warning(
-                    "no reply webhook=%s post=%s: %s", webhook.name, job.post_id, attempt.error
-                )
+                log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, attempt.error)
                 await self._state.finish_job(job.id)
                 return
             # Not written to disk: a crash before the reply is posted makes the callback see
             # the request again, with the same webhook-id (at least once, as promised), and
             # saves a write per delivery on the hot path.
             job.stage, job.response = "reply", attempt.body
-        await self._reply(job, webhook)
+        else:
+            delivered = f"delivered webhook={webhook.name} post={job.post_id} before a restart"
+        await self._reply(job, webhook, delivered)
         await self._state.finish_job(job.id)
 
     async def _deliver(self, job: Job, webhook: WebhookConfig) -> Attempt | None:
@@ -159,16 +163,7 @@ class Outbox:
             if attempt.status is not None and not retry:
                 self.counters.delivered += 1
                 self._metrics.deliveries.labels(webhook.name, "delivered").inc()
-                log.info(
-                    "delivered webhook=%s post=%s url=%s status=%d in %.0f ms (attempt %d)",
-                    webhook.name,
-                    job.post_id,
-                    url,
-                    attempt.status,
-                    attempt.elapsed_ms,
-                    job.attempts,
-                )
-                return attempt
+                return attempt  # logged with the reply's outcome, in one line
             what = attempt.error or f"status {attempt.status}"
             if not retry:
                 self.counters.failed += 1
@@ -200,17 +195,17 @@ class Outbox:
             self._state.update_job(job)
             await asyncio.sleep(delay)
 
-    async def _reply(self, job: Job, webhook: WebhookConfig) -> None:
+    async def _reply(self, job: Job, webhook: WebhookConfig, delivered: str) -> None:
         """Turn the callback's answer into posts, as Mattermost does (reference §3)."""
         try:
             response = parse_response(job.response or b"")
         except ReplyError as exc:
             self._metrics.replies.labels("rejected").inc()
-            log.warning("no reply webhook=%s post=%s: %s", webhook.name, job.post_id, exc)
+            log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, exc)
             return
         if response is None:
             self._metrics.replies.labels("none").inc()
-            log.info("no reply webhook=%s post=%s: empty response", webhook.name, job.post_id)
+            log.info("%s; no reply webhook=%s: empty response", delivered, webhook.name)
             return
         post = Post(
             id=job.post_id, channel_id=job.channel_id, user_id="", create_at=0, root_id=job.root_id
@@ -226,13 +221,13 @@ class Outbox:
             )
         except ReplyError as exc:
             self._metrics.replies.labels("rejected").inc()
-            log.warning("reply refused webhook=%s post=%s: %s", webhook.name, job.post_id, exc)
+            log.warning("%s; reply refused webhook=%s: %s", delivered, webhook.name, exc)
             return
         for warning in plan.warnings:
             log.warning("reply webhook=%s post=%s: %s", webhook.name, job.post_id, warning)
         if not plan.posts:
             self._metrics.replies.labels("none").inc()
-            log.info("no reply webhook=%s post=%s: nothing to post", webhook.name, job.post_id)
+            log.info("%s; no reply webhook=%s: nothing to post", delivered, webhook.name)
             return
         for i, body in enumerate(plan.posts):
             body = dict(body)
@@ -240,7 +235,7 @@ class Outbox:
             # Whether the server keeps the webhook props is checked on the first reply and on
             # one in PROPS_CHECK_EVERY after it (a server upgrade may change it at any time).
             check = not self._props_warned and self.counters.replies % PROPS_CHECK_EVERY == 0
-            created = await self._create_post(body, webhook, job, decode=check)
+            created = await self._create_post(body, webhook, job, delivered, decode=check)
             if created is None:
                 return
             if check:
@@ -250,9 +245,9 @@ class Outbox:
         first = plan.posts[0]
         props = first.get("props") or {}
         log.info(
-            "replied webhook=%s post=%s as %s in channel %s%s (%d post%s)",
+            "%s; replied webhook=%s as %s in channel %s%s (%d post%s)",
+            delivered,
             webhook.name,
-            job.post_id,
             props.get("override_username") or "the bot",
             job.channel_id,
             f" thread {first['root_id']}" if first.get("root_id") else "",
@@ -261,7 +256,13 @@ class Outbox:
         )
 
     async def _create_post(
-        self, body: dict[str, Any], webhook: WebhookConfig, job: Job, *, decode: bool
+        self,
+        body: dict[str, Any],
+        webhook: WebhookConfig,
+        job: Job,
+        delivered: str,
+        *,
+        decode: bool,
     ) -> dict[str, Any] | None:
         for attempt in range(1, REPLY_ATTEMPTS + 1):
             try:
@@ -271,9 +272,7 @@ class Outbox:
             except MattermostError as exc:
                 if not exc.retryable or attempt == REPLY_ATTEMPTS:
                     self._metrics.replies.labels("failed").inc()
-                    log.error(
-                        "reply not posted webhook=%s post=%s: %s", webhook.name, job.post_id, exc
-                    )
+                    log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
                     return None
                 delay = backoff_delay(attempt - 1, base=0.5, cap=30.0, retry_after=exc.retry_after)
                 log.warning(

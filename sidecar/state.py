@@ -277,9 +277,11 @@ class State:
                 continue
             error: BaseException | None = None
             try:
-                conn.execute("BEGIN")
+                rows = _Rows()
                 for op, args, _ in items:
-                    getattr(self, "_op_" + op)(conn, *args)
+                    getattr(rows, op)(*args)
+                conn.execute("BEGIN")
+                rows.write(conn)
                 conn.execute("COMMIT")
                 self.commits += 1
             except BaseException as exc:  # the failure is handed to every waiter
@@ -287,67 +289,81 @@ class State:
                 log.error("state write failed: %s", exc)
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            for _, _, future in items:
-                loop.call_soon_threadsafe(_resolve, future, error)
+            # One wake-up of the event loop per transaction, not one per write.
+            loop.call_soon_threadsafe(_resolve, [f for _, _, f in items], error)
 
-    @staticmethod
-    def _op_add_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (j.id, j.webhook, j.stage, j.attempts, j.meta(), j.body, j.response, j.created_at)
-                for j in jobs
-            ],
+
+class _Rows:
+    """The writes of one transaction, grouped by statement so each runs once (executemany).
+
+    Safe to reorder: inserts come before the deletes that may follow them in the same burst,
+    and a cursor only ever moves forward.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, ...]] = []
+        self.updates: list[tuple[Any, ...]] = []
+        self.finished: list[tuple[str]] = []
+        self.cursors: dict[str, int] = {}
+        self.seen: list[tuple[str, int]] = []
+        self.prune: int | None = None
+
+    def add_jobs(self, jobs: list[Job]) -> None:
+        self.jobs.extend(
+            (j.id, j.webhook, j.stage, j.attempts, j.meta(), j.body, j.response, j.created_at)
+            for j in jobs
         )
 
-    @staticmethod
-    def _op_update_job(
-        conn: sqlite3.Connection, job_id: str, stage: str, attempts: int, response: bytes | None
+    def update_job(self, job_id: str, stage: str, attempts: int, response: bytes | None) -> None:
+        self.updates.append((stage, attempts, response, job_id))
+
+    def finish_job(self, job_id: str) -> None:
+        self.finished.append((job_id,))
+
+    def processed(self, channel_id: str, create_at: int, keys: list[str], at: int) -> None:
+        self.cursors[channel_id] = max(create_at, self.cursors.get(channel_id, create_at))
+        self.seen.extend((k, at) for k in keys)
+
+    def record(
+        self, jobs: list[Job], channel_id: str, create_at: int, keys: list[str], at: int
     ) -> None:
-        conn.execute(
-            "UPDATE outbox SET stage=?, attempts=?, response=? WHERE id=?",
-            (stage, attempts, response, job_id),
-        )
+        self.add_jobs(jobs)
+        self.processed(channel_id, create_at, keys, at)
 
-    @staticmethod
-    def _op_finish_job(conn: sqlite3.Connection, job_id: str) -> None:
-        conn.execute("DELETE FROM outbox WHERE id=?", (job_id,))
+    def prune_seen(self, older_than: int) -> None:
+        self.prune = older_than
 
-    @staticmethod
-    def _op_processed(
-        conn: sqlite3.Connection, channel_id: str, create_at: int, keys: list[str], at: int
-    ) -> None:
-        conn.execute(
-            "INSERT INTO cursor VALUES (?, ?) ON CONFLICT(channel_id) "
-            "DO UPDATE SET create_at=max(create_at, excluded.create_at)",
-            (channel_id, create_at),
-        )
-        conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", [(k, at) for k in keys])
-
-    @staticmethod
-    def _op_record(
-        conn: sqlite3.Connection,
-        jobs: list[Job],
-        channel_id: str,
-        create_at: int,
-        keys: list[str],
-        at: int,
-    ) -> None:
-        State._op_add_jobs(conn, jobs)
-        State._op_processed(conn, channel_id, create_at, keys, at)
-
-    @staticmethod
-    def _op_prune_seen(conn: sqlite3.Connection, older_than: int) -> None:
-        conn.execute("DELETE FROM seen WHERE at < ?", (older_than,))
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.jobs:
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.jobs
+            )
+        if self.updates:
+            conn.executemany(
+                "UPDATE outbox SET stage=?, attempts=?, response=? WHERE id=?", self.updates
+            )
+        if self.cursors:
+            conn.executemany(
+                "INSERT INTO cursor VALUES (?, ?) ON CONFLICT(channel_id) "
+                "DO UPDATE SET create_at=max(create_at, excluded.create_at)",
+                list(self.cursors.items()),
+            )
+        if self.seen:
+            conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", self.seen)
+        if self.finished:
+            conn.executemany("DELETE FROM outbox WHERE id=?", self.finished)
+        if self.prune is not None:
+            conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(StateError(f"state write failed: {error}"))
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(StateError(f"state write failed: {error}"))
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:

@@ -335,9 +335,11 @@ async def test_hostile_callback_responses(
             cb.script(reply, path="/h")
             before = len(caplog.records)
             post = world.mm.post(world.alice["id"], town, "#h hostile")
-            outcome = await logged(caplog, f"post={post['id']}:", before)
+            outcome = await logged(caplog, f"delivered webhook=hook0 post={post['id']} ", before)
             assert len(outcome) == 1 and expected in outcome[0], (case, outcome)
-            assert outcome[0].startswith(("no reply webhook=hook0", "reply refused webhook=hook0"))
+            assert "; no reply webhook=hook0" in outcome[0] or (
+                "; reply refused webhook=hook0" in outcome[0]
+            )
             replies = len(world.mm.posts_in(town))
             await good.check()
             await world.mm.wait_for_posts(town, replies + 2)  # the good post and its reply
@@ -356,7 +358,8 @@ async def test_oversized_callback_response_is_named_in_the_log(
     )
     async with running(config):
         post = world.mm.post(world.alice["id"], world.town["id"], "#h big")
-        await wait_until(lambda: any(f"post={post['id']}:" in m for m in messages(caplog)))
+        mark = f"delivered webhook=hook0 post={post['id']} "
+        await wait_until(lambda: any(mark in m for m in messages(caplog)))
     assert any("1 MiB" in m and post["id"] in m for m in messages(caplog)), messages(caplog)
 
 
