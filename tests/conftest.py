@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import harness
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder
 
@@ -75,5 +76,19 @@ async def emulator() -> AsyncIterator[World]:
 @pytest.fixture
 async def recorder() -> AsyncIterator[CallbackRecorder]:
     """A running callback recorder."""
+    async with CallbackRecorder() as rec:
+        yield rec
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[harness.World]:
+    """A running emulator holding the sidecar tests' world (tests/harness.py)."""
+    async with Emulator(ping_interval=5.0) as mm:
+        yield harness.seed(mm)
+
+
+@pytest.fixture
+async def cb() -> AsyncIterator[CallbackRecorder]:
+    """A running callback recorder for the sidecar tests."""
     async with CallbackRecorder() as rec:
         yield rec

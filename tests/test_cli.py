@@ -9,18 +9,16 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from harness import World, running, seed, wait_until
+from harness import World, running, wait_until
 from sidecar import __version__
 from sidecar.cli import EX_CONFIG, main
 from sidecar.config import ZBASE32, load_config
-from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder, Reply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,18 +52,6 @@ def sidecar(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
-
-
-@pytest.fixture
-async def cb() -> AsyncIterator[CallbackRecorder]:
-    async with CallbackRecorder() as rec:
-        yield rec
 
 
 # --- version, token, check ------------------------------------------------------------------

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
-import pytest
-
-from harness import WEBHOOK_TOKEN, World, make_config, running, seed
+from harness import WEBHOOK_TOKEN, World, make_config, running
 from sidecar.config import JSON
-from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder, Reply
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
-
-
-@pytest.fixture
-async def cb() -> AsyncIterator[CallbackRecorder]:
-    async with CallbackRecorder() as rec:
-        yield rec
 
 
 def form(body: bytes) -> dict[str, str]:

@@ -20,8 +20,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import WEBHOOK_TOKEN, World, seed, wait_until
-from sidecar.testing.emulator import Emulator
+from harness import WEBHOOK_TOKEN, World, wait_until
 from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,18 +124,6 @@ async def start() -> AsyncIterator[Start]:
 
 
 # -- the world ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
-
-
-@pytest.fixture
-async def cb() -> AsyncIterator[CallbackRecorder]:
-    async with CallbackRecorder() as rec:
-        yield rec
 
 
 def _toml(value: Any) -> str:

@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import FAST, World, make_config, running, seed, wait_until
+from harness import FAST, World, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.dispatch import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
@@ -32,18 +32,6 @@ from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 
 QUICK_RETRIES = replace(FAST, retry_base=0.02)
 CATCH_UP_PATH = re.compile(r"^/api/v4/channels/[a-z0-9]{26}/posts$")
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
-
-
-@pytest.fixture
-async def cb() -> AsyncIterator[CallbackRecorder]:
-    async with CallbackRecorder() as rec:
-        yield rec
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -38,18 +37,6 @@ from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 REPO = Path(__file__).resolve().parent.parent
 SECRET_1 = "whsec_" + base64.b64encode(b"first signing secret, 32 bytes!!").decode()
 SECRET_2 = "whsec_" + base64.b64encode(b"second signing secret, rotation!").decode()
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
-
-
-@pytest.fixture
-async def cb() -> AsyncIterator[CallbackRecorder]:
-    async with CallbackRecorder() as rec:
-        yield rec
 
 
 def refusals(metrics: Metrics, webhook: str) -> float:

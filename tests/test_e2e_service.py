@@ -6,24 +6,15 @@ import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import FAST, World, make_config, running, seed, wait_until
+from harness import FAST, World, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.notify import Notifier
-from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder, Reply
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with Emulator(ping_interval=5.0) as mm:
-        yield seed(mm)
 
 
 async def get(url: str) -> tuple[int, str]:
