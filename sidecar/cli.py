@@ -299,7 +299,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sidecar.demo import demo
 
     setup_logging(level=logging.WARNING)
-    return asyncio.run(demo(keep_running=args.keep_running))
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await demo(keep_running=args.keep_running, stop=stop)
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:

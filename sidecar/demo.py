@@ -8,7 +8,6 @@ config; posts a few messages and prints each step as it happens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tempfile
 import time
@@ -73,7 +72,7 @@ async def _ci_bot(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-async def demo(*, keep_running: bool = False) -> int:
+async def demo(*, keep_running: bool = False, stop: asyncio.Event | None = None) -> int:
     """Run the demo; returns the exit code."""
     from sidecar.testing.emulator import Emulator
 
@@ -120,7 +119,7 @@ async def demo(*, keep_running: bool = False) -> int:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger(name).propagate = False
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     app = Sidecar(config)
     code = 0
     try:
@@ -143,8 +142,7 @@ async def demo(*, keep_running: bool = False) -> int:
                     f'-d \'{{"username": "alice", "channel_id": "{channels["town"]["id"]}", '
                     f'"message": "#build web"}}\''
                 )
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.Event().wait()
+                await stop.wait()  # SIGINT/SIGTERM, set by the CLI
             stop.set()
             await serving
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -139,3 +140,35 @@ def test_demo_runs_to_completion() -> None:
         "trigger='MM-4211'",
     ):
         assert step in out, step
+
+
+async def test_demo_keep_running_serves_until_sigint() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "demo",
+        "--keep-running",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+        while not any("post as alice: curl" in line for line in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+        curl = lines[-1]
+        url = curl.split("curl -X POST ")[1].split(" ")[0]
+        body = curl.split("-d '")[1].rstrip().rstrip("'")
+        async with aiohttp.ClientSession() as s, s.post(url, data=body) as r:
+            assert r.status == 201
+        while "replied webhook=build" not in line:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
