@@ -120,6 +120,12 @@ class Outbox:
             log.warning("dropped job %s: webhook %r is no longer configured", job.id, job.webhook)
             await self._state.finish_job(job.id)
             return
+        wait = job.next_at - time.time()
+        if wait > 0:  # resumed after a restart while waiting to retry
+            log.info(
+                "job %s: next attempt in %.1f s, as scheduled before the restart", job.id, wait
+            )
+            await asyncio.sleep(wait)
         if job.stage == "deliver":
             attempt = await self._deliver(job, webhook)
             if attempt is None:
@@ -181,6 +187,10 @@ class Outbox:
                 return None
             delay = backoff_delay(job.attempts - 1, retry_after=attempt.retry_after)
             self._metrics.deliveries.labels(webhook.name, "retried").inc()
+            # Kept with the job (committed before we say so), so that a restart waits out a
+            # Retry-After too and counts the attempts made.
+            job.next_at = time.time() + delay
+            await self._state.update_job(job)
             log.warning(
                 "delivery failed webhook=%s post=%s url=%s: %s (attempt %d of %d); "
                 "retrying in %.1f s",
@@ -192,7 +202,6 @@ class Outbox:
                 webhook.retries + 1,
                 delay,
             )
-            self._state.update_job(job)
             await asyncio.sleep(delay)
 
     async def _reply(self, job: Job, webhook: WebhookConfig, delivered: str) -> None:

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     job TEXT NOT NULL,
     body BLOB NOT NULL,
     response BLOB,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    next_at REAL NOT NULL
 );
 """
 
@@ -72,6 +73,7 @@ class Job:
     stage: str = "deliver"
     attempts: int = 0
     response: bytes | None = None
+    next_at: float = 0.0  # wall-clock time of the next attempt after a failure (0: now)
 
     def meta(self) -> str:
         return json.dumps(
@@ -157,7 +159,7 @@ class State:
             jobs = [
                 _job_from_row(r)
                 for r in conn.execute(
-                    "SELECT id, webhook, stage, attempts, job, body, response, created_at "
+                    "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
                     "FROM outbox ORDER BY created_at"
                 )
             ]
@@ -212,8 +214,10 @@ class State:
         return self._submit("add_jobs", list(jobs))
 
     def update_job(self, job: Job) -> asyncio.Future[None]:
-        """Record a job's new stage, attempt count and response."""
-        return self._submit("update_job", job.id, job.stage, job.attempts, job.response)
+        """Record a job's new stage, attempt count, response and next attempt time."""
+        return self._submit(
+            "update_job", job.id, job.stage, job.attempts, job.response, job.next_at
+        )
 
     def finish_job(self, job_id: str) -> asyncio.Future[None]:
         """Remove a finished job."""
@@ -310,12 +314,24 @@ class _Rows:
 
     def add_jobs(self, jobs: list[Job]) -> None:
         self.jobs.extend(
-            (j.id, j.webhook, j.stage, j.attempts, j.meta(), j.body, j.response, j.created_at)
+            (
+                j.id,
+                j.webhook,
+                j.stage,
+                j.attempts,
+                j.meta(),
+                j.body,
+                j.response,
+                j.created_at,
+                j.next_at,
+            )
             for j in jobs
         )
 
-    def update_job(self, job_id: str, stage: str, attempts: int, response: bytes | None) -> None:
-        self.updates.append((stage, attempts, response, job_id))
+    def update_job(
+        self, job_id: str, stage: str, attempts: int, response: bytes | None, next_at: float
+    ) -> None:
+        self.updates.append((stage, attempts, response, next_at, job_id))
 
     def finish_job(self, job_id: str) -> None:
         self.finished.append((job_id,))
@@ -336,11 +352,12 @@ class _Rows:
     def write(self, conn: sqlite3.Connection) -> None:
         if self.jobs:
             conn.executemany(
-                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.jobs
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.jobs
             )
         if self.updates:
             conn.executemany(
-                "UPDATE outbox SET stage=?, attempts=?, response=? WHERE id=?", self.updates
+                "UPDATE outbox SET stage=?, attempts=?, response=?, next_at=? WHERE id=?",
+                self.updates,
             )
         if self.cursors:
             conn.executemany(
@@ -367,7 +384,7 @@ def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
-    job_id, webhook, stage, attempts, meta, body, response, created_at = row
+    job_id, webhook, stage, attempts, meta, body, response, created_at, next_at = row
     m = json.loads(meta)
     return Job(
         id=job_id,
@@ -384,4 +401,5 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         stage=stage,
         attempts=attempts,
         response=None if response is None else bytes(response),
+        next_at=next_at,
     )

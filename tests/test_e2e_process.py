@@ -234,6 +234,28 @@ async def test_sigkill_with_deliveries_in_flight(
     assert replies == Counter(f"re: {t}" for t in ["job 0", "job 1", "job 2", "down 0", "down 1"])
 
 
+async def test_a_retry_after_is_honoured_across_a_restart(
+    world: World, cb: CallbackRecorder, tmp_path: Path, start: Start
+) -> None:
+    cb.script(Reply(429, "limit exceeded", headers={"Retry-After": "3"}))
+    cb.respond_with(lambda r: Reply(200, {"text": "finally"}))
+    config = write_config(tmp_path / "sidecar.toml", world, [dev_hook(cb, retries=2)])
+    first = await start(config)
+    await first.wait_line("first start")
+    post(world, "rate limited")
+    await first.wait_line("retrying in")
+    first.proc.kill()
+    assert await first.wait_exit() == -signal.SIGKILL
+
+    second = await start(config)
+    await second.wait_line("as scheduled before the restart")
+    [one, two] = await cb.wait_for(2, timeout=10)
+    await world.mm.wait_for_posts(world.dev["id"], 2)
+    assert two.received_at - one.received_at >= 2.9  # the server's Retry-After, not "now"
+    assert one.headers["webhook-id"] == two.headers["webhook-id"]
+    assert messages(world)[-1] == "finally"
+
+
 # -- 9. SIGTERM during a slow delivery ---------------------------------------------------------
 
 

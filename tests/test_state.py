@@ -90,3 +90,16 @@ def test_wal_mode_and_manual_checkpoints(tmp_path: Path) -> None:
     assert state._conn is not None
     assert state._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert state._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+
+async def test_next_attempt_time_survives_a_restart(tmp_path: Path) -> None:
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    j = job(7)
+    await state.add_jobs([j])
+    j.attempts, j.next_at = 2, 1234567890.5
+    await state.update_job(j)
+    await state.close()
+    [back] = State(tmp_path).open().jobs
+    assert (back.attempts, back.next_at, back.stage) == (2, 1234567890.5, "deliver")
