@@ -23,7 +23,7 @@ from sidecar.dispatch import Dispatcher, now_ms
 from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
-from sidecar.models import User
+from sidecar.models import Channel, User
 from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
 from sidecar.reply import ReplySettings
@@ -125,6 +125,7 @@ class Sidecar:
         log.info("logged in to %s as @%s", self.config.mattermost.url, self.me.username)
         self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
         await self._check_server_settings()
+        await self._check_channels()
         await self.callbacks.start()
         self.outbox = Outbox(
             state=self.state,
@@ -277,6 +278,51 @@ class Sidecar:
             enable_post_icon_override=s.enable_post_icon_override,
             max_post_size=self.config.mattermost.max_post_size,
         )
+
+    async def _check_channels(self) -> None:
+        """Warn about named channels the bot cannot see, or whose type channel_types excludes.
+
+        (``check`` works offline and cannot know a channel's type; this is its online half.)
+        """
+        if not any(w.channels for w in self.config.webhooks):
+            return
+        seen: dict[str, dict[str, Channel]] = {}
+        try:
+            for team in await self.rest.my_teams():
+                for channel in await self.rest.my_channels(team.id):
+                    for key in (channel.id, channel.name):
+                        seen.setdefault(key, {})[channel.id] = channel
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            log.warning("could not list the bot's channels to check the webhooks: %s", exc)
+            return
+        for w in self.config.webhooks:
+            for name in w.channels:
+                found = seen.get(name)
+                if not found:
+                    log.warning(
+                        "webhook[%d] %s: the bot is not a member of channel %r: it sees no "
+                        "events there until it is added",
+                        w.index,
+                        w.name,
+                        name,
+                    )
+                    continue
+                excluded = [
+                    c
+                    for c in found.values()
+                    if w.channel_types is not None and c.type not in w.channel_types
+                ]
+                for c in excluded:
+                    log.warning(
+                        "webhook[%d] %s: channel %r is of type %s, which its channel_types "
+                        "exclude: it never fires there",
+                        w.index,
+                        w.name,
+                        name,
+                        c.type,
+                    )
 
     async def _check_server_settings(self) -> None:
         s = self.config.sidecar

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import FAST, World, make_config, running, wait_until
@@ -172,3 +173,29 @@ async def test_demo_keep_running_serves_until_sigint() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_startup_warns_about_channels_the_bot_cannot_use(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    config = make_config(
+        world,
+        tmp_path,
+        [
+            {"channels": ["nowhere"], "callback_urls": ["http://127.0.0.1:9/"]},
+            {
+                "channels": ["secret"],
+                "channel_types": ["public"],
+                "trigger_words": ["x"],
+                "callback_urls": ["http://127.0.0.1:9/"],
+            },
+            {"channels": ["town-square"], "callback_urls": ["http://127.0.0.1:9/"]},
+        ],
+    )
+    async with running(config):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("hook0" in m and "not a member of channel 'nowhere'" in m for m in warnings)
+    assert any("hook1" in m and "'secret' is of type P" in m for m in warnings)
+    assert not any("hook2" in m for m in warnings)
