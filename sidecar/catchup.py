@@ -21,7 +21,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
-from sidecar.models import Channel, EventName, ObjectError, Post, Team
+from sidecar.models import Channel, EventName, ObjectError, Post, Reaction, Team
 from sidecar.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ PER_PAGE = 200  # the server's cap on per_page
 class CatchUp:
     """What a catch-up found."""
 
-    items: list[tuple[EventName, Post, Channel, Team | None]] = field(default_factory=list)
+    items: list[tuple[EventName, Post, Channel, Team | None, Reaction | None]] = field(
+        default_factory=list
+    )
     channels: int = 0
     fetched: int = 0
     skipped_old: int = 0
@@ -43,6 +45,11 @@ class CatchUp:
 def edit_key(post: Post) -> str:
     """The processed-key of one edit of a post."""
     return f"{post.id}:e{post.edit_at}"
+
+
+def reaction_key(reaction: Reaction) -> str:
+    """The processed-key of one reaction (one user, one emoji, one post)."""
+    return f"{reaction.post_id}:r:{reaction.user_id}:{reaction.emoji_name}"
 
 
 async def scope_channels(rest: RestClient, rules: RuleSet) -> list[tuple[Channel, Team | None]]:
@@ -74,6 +81,7 @@ async def collect(
     """
     result = CatchUp()
     want_edits = rules.listens_for("post_edited")
+    want_reactions = rules.listens_for("reaction_added")
     channels = await scope_channels(rest, rules)
     result.channels = len(channels)
     for channel, team in channels:
@@ -97,14 +105,29 @@ async def collect(
                 if post.create_at < window_start:
                     result.skipped_old += 1
                     continue
-                result.items.append(("posted", post, channel, team))
+                result.items.append(("posted", post, channel, team, None))
             elif want_edits and post.edit_at >= cursor and edit_key(post) not in seen:
                 if post.edit_at < window_start:
                     result.skipped_old += 1
+                else:
+                    result.items.append(("post_edited", post, channel, team, None))
+            # A reaction moves its post's update_at, and REST posts carry their reactions.
+            for reaction in post.reactions if want_reactions else ():
+                if reaction.create_at < cursor or reaction_key(reaction) in seen:
                     continue
-                result.items.append(("post_edited", post, channel, team))
-    result.items.sort(key=lambda i: i[1].edit_at if i[0] == "post_edited" else i[1].create_at)
+                if reaction.create_at < window_start:
+                    result.skipped_old += 1
+                    continue
+                result.items.append(("reaction_added", post, channel, team, reaction))
+    result.items.sort(key=_when)
     return result
+
+
+def _when(item: tuple[EventName, Post, Channel, Team | None, Reaction | None]) -> int:
+    event, post, _, _, reaction = item
+    if reaction is not None:
+        return reaction.create_at
+    return post.edit_at if event == "post_edited" else post.create_at
 
 
 async def _changed_since(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sidecar.catchup import collect, edit_key
+from sidecar.catchup import collect, edit_key, reaction_key
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT
 from sidecar.events import ChannelUpdated, Event, Posted, PostEdited, ReactionAdded, UserUpdated
@@ -162,8 +162,16 @@ class Dispatcher:
                 attempt += 1
                 log.error("catch-up failed: %s; trying again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-        for event, post, channel, team in found.items:
-            await self._post_event(event, post, post.user_id, channel=channel, team=team)
+        for event, post, channel, team, reaction in found.items:
+            if reaction is not None:
+                if reaction.user_id == self.me.id:
+                    continue
+                actor = reaction.user_id
+            else:
+                actor = post.user_id
+            await self._post_event(
+                event, post, actor, channel=channel, team=team, reaction=reaction
+            )
         self.metrics.caught_up_posts.inc(len(found.items))
         if found.skipped_old:
             log.warning(
@@ -223,7 +231,7 @@ class Dispatcher:
             key = edit_key(post)
         else:
             assert reaction is not None
-            key = f"{post.id}:r:{reaction.user_id}:{reaction.emoji_name}"
+            key = reaction_key(reaction)
         if key in self._seen:
             return
         try:

@@ -63,6 +63,8 @@ class Post:
     type: str = ""
     props: Mapping[str, Any] = field(default_factory=dict)
     file_ids: tuple[str, ...] = ()
+    # metadata.reactions, as REST answers carry them (websocket posts usually do not)
+    reactions: tuple[Reaction, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Any) -> Post:
@@ -88,6 +90,7 @@ class Post:
             type=_str(d, "type"),
             props=dict(props),
             file_ids=tuple(file_ids),
+            reactions=_reactions(d.get("metadata")),
         )
 
     @property
@@ -195,3 +198,16 @@ class Channel:
             name=_str(d, "name", required=True),
             display_name=_str(d, "display_name"),
         )
+
+
+def _reactions(metadata: Any) -> tuple[Reaction, ...]:
+    """The reactions in a post's metadata; malformed ones are left out (they are extras)."""
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("reactions"), list):
+        return ()
+    found = []
+    for raw in metadata["reactions"]:
+        try:
+            found.append(Reaction.from_dict(raw))
+        except ObjectError:
+            continue
+    return tuple(found)

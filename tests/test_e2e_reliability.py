@@ -507,3 +507,37 @@ async def test_token_revoked_while_running_is_fatal(
         await world.mm.drop_websockets()
         with pytest.raises(Unauthorized):
             await asyncio.wait_for(serving, 15)
+
+
+async def test_reactions_made_during_a_gap_are_caught_up(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    """A reaction moves its post's update_at and REST posts carry their reactions: the reactions
+    made while the sidecar was away fire once, those processed before do not fire again."""
+    config = make_config(
+        world,
+        tmp_path,
+        [
+            {
+                "channels": ["dev"],
+                "events": ["reaction_added"],
+                "extended_payload": True,
+                "callback_urls": [cb.url_for()],
+            }
+        ],
+    )
+    target = world.mm.post(world.bob["id"], world.dev["id"], "react to me")
+    async with running(config):
+        world.mm.react(world.alice["id"], target["id"], "thumbsup")
+        await cb.wait_for(1)
+    world.mm.react(world.bob["id"], target["id"], "tada")  # while the sidecar is stopped
+    world.mm.react(world.bot["id"], target["id"], "robot")  # the bot's own: never fires
+    async with running(config):
+        await cb.wait_for(2)
+        await asyncio.sleep(0.3)
+    got = [parse_qs(r.body.decode()) for r in cb.requests]
+    assert [(g["emoji_name"][0], g["user_name"][0]) for g in got] == [
+        ("thumbsup", "alice"),
+        ("tada", "bob"),
+    ]
+    assert all(g["post_id"][0] == target["id"] for g in got)
