@@ -26,9 +26,9 @@ from bench.common import (
     sidecar_config,
 )
 from bench.report import (
+    envelope,
     format_table,
-    load_note,
-    machine,
+    print_footer,
     target,
     targets_table,
     write_json,
@@ -115,15 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     with Harness(workdir) as h:
         result = catch_up(h, args.n, workdir, args.timeout)
     checks = [target(f"catch-up of {args.n} posts (s)", result["catch_up_s"], 10.0, at_least=False)]
-    data: dict[str, Any] = {
-        "benchmark": "catchup",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "machine": machine(),
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "result": result,
-        "targets": checks,
-    }
+    data = envelope(
+        "catchup",
+        started,
+        args,
+        result=result,
+        targets=checks,
+    )
     path = write_json("catchup", data, args.out)
     headers = (
         "posts", "callbacks", "connected s", "all callbacks s", "from connect s",
@@ -136,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(headers, [[result[k] for k in keys]]))
     print("(seconds from the sidecar's process start)\n")
     print(targets_table(checks))
-    note = load_note(data["machine"]["loadavg_at_start"])
-    if note:
-        print("\n" + note)
-    print(f"\nJSON: {path}\nlogs: {workdir}")
+    print_footer(data, path, workdir)
     return 0
 
 

@@ -33,9 +33,9 @@ from bench.common import (
     toml_str,
 )
 from bench.report import (
+    envelope,
     format_table,
-    load_note,
-    machine,
+    print_footer,
     target,
     targets_table,
     write_json,
@@ -304,17 +304,15 @@ def main(argv: list[str] | None = None) -> int:
             at_least=False,
         )
     )
-    data: dict[str, Any] = {
-        "benchmark": "matching",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "machine": machine(),
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "match_cost": costs,
-        "config_load": load,
-        "sidecar_rss": rss,
-        "targets": checks,
-    }
+    data = envelope(
+        "matching",
+        started,
+        args,
+        match_cost=costs,
+        config_load=load,
+        sidecar_rss=rss,
+        targets=checks,
+    )
     path = write_json("matching", data, args.out)
     print(
         format_table(
@@ -364,10 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(targets_table(checks))
-    note = load_note(data["machine"]["loadavg_at_start"])
-    if note:
-        print("\n" + note)
-    print(f"\nJSON: {path}\nlogs: {workdir}")
+    print_footer(data, path, workdir)
     return 0
 
 

@@ -138,3 +138,23 @@ def load_note(started_load: Sequence[float]) -> str:
         f"note: load average {start:.2f} at start: other work may have shared the cores, so"
         " absolute numbers are noisy (the ratios less so)"
     )
+
+
+def envelope(kind: str, started: float, args: Any, **fields: Any) -> dict[str, Any]:
+    """The JSON document of one run: what ran, when, where, with which options, and results."""
+    return {
+        "benchmark": kind,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **fields,
+    }
+
+
+def print_footer(data: Mapping[str, Any], path: Path, workdir: Path) -> None:
+    """The load warning (if any) and where the JSON and the logs are."""
+    note = load_note(data["machine"]["loadavg_at_start"])
+    if note:
+        print("\n" + note)
+    print(f"\nJSON: {path}\nlogs: {workdir}")

@@ -37,10 +37,10 @@ from bench.common import (
 )
 from bench.profile import summarize_profile
 from bench.report import (
+    envelope,
     format_table,
     latency_ms,
-    load_note,
-    machine,
+    print_footer,
     target,
     targets_table,
     write_json,
@@ -382,17 +382,15 @@ def main(argv: list[str] | None = None) -> int:
             print("  profiling the sidecar with py-spy…", file=sys.stderr, flush=True)
             profile = profile_sidecar(h, workdir, args)
     checks = targets(rows, args)
-    data: dict[str, Any] = {
-        "benchmark": "throughput",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "machine": machine(),
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "skipped": skipped,
-        "runs": rows,
-        "targets": checks,
-        "profile": profile,
-    }
+    data = envelope(
+        "throughput",
+        started,
+        args,
+        skipped=skipped,
+        runs=rows,
+        targets=checks,
+        profile=profile,
+    )
     path = write_json("throughput", data, args.out)
     print(report(rows))
     print()
@@ -410,10 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(("function", "%"), profile["sidecar_inclusive"]))
         print("\nother threads, own time:")
         print(format_table(("function", "%"), profile["other_threads_own"]))
-    note = load_note(data["machine"]["loadavg_at_start"])
-    if note:
-        print("\n" + note)
-    print(f"\nJSON: {path}\nlogs: {workdir}")
+    print_footer(data, path, workdir)
     return 0
 
 
