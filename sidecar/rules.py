@@ -171,8 +171,15 @@ class _EventIndex:
         self.prefix_folded_lengths: list[int] = []
         self.by_channel: dict[str, list[int]] = {}
         self.any_channel: list[int] = []
+        # Regex webhooks of any channel whose matches all contain a literal (rules.py's
+        # required_literal): found by one trigram of it, so 10,000 regexes are not all tried.
+        self._literal_hooks: list[tuple[int, str, bool]] = []
+        self.trigrams: dict[str, list[int]] = {}
+        self.trigrams_folded: dict[str, list[int]] = {}
 
-    def add(self, pos: int, webhook: WebhookConfig) -> None:
+    def add(
+        self, pos: int, webhook: WebhookConfig, literal: tuple[str, bool] = ("", False)
+    ) -> None:
         if webhook.trigger_words:
             if webhook.trigger_when == 1:
                 table = self.prefix_folded if webhook.case_insensitive else self.prefix
@@ -181,7 +188,9 @@ class _EventIndex:
             for key in {_fold(w, webhook) for w in webhook.trigger_words}:
                 table.setdefault(key, []).append(pos)
         if webhook.trigger_regex is not None or not webhook.trigger_words:
-            if webhook.channels:
+            if webhook.trigger_regex is not None and not webhook.channels and len(literal[0]) >= 3:
+                self._literal_hooks.append((pos, *literal))
+            elif webhook.channels:
                 for key in set(webhook.channels):
                     self.by_channel.setdefault(key, []).append(pos)
             else:
@@ -190,11 +199,27 @@ class _EventIndex:
     def freeze(self) -> None:
         self.prefix_lengths = sorted({len(k) for k in self.prefix})
         self.prefix_folded_lengths = sorted({len(k) for k in self.prefix_folded})
+        # Each literal is filed under its rarest trigram, so that no bucket is crowded.
+        counts: dict[str, int] = {}
+        for _, literal, _ in self._literal_hooks:
+            for tri in _trigrams(literal):
+                counts[tri] = counts.get(tri, 0) + 1
+        for pos, literal, folded in self._literal_hooks:
+            rarest = min(_trigrams(literal), key=lambda t: (counts[t], t))
+            table = self.trigrams_folded if folded else self.trigrams
+            table.setdefault(rarest, []).append(pos)
+        self._literal_hooks = []
 
-    def candidates(self, word: str, channel: Channel) -> set[int]:
+    def candidates(self, word: str, channel: Channel, text: _Text) -> set[int]:
         found: set[int] = set(self.any_channel)
         for key in {channel.id, channel.name}:
             found.update(self.by_channel.get(key, ()))
+        if self.trigrams:
+            for tri in _trigrams(text.text):
+                found.update(self.trigrams.get(tri, ()))
+        if self.trigrams_folded:
+            for tri in _trigrams(text.folded):
+                found.update(self.trigrams_folded.get(tri, ()))
         if not word:
             return found
         found.update(self.exact.get(word, ()))
@@ -204,6 +229,10 @@ class _EventIndex:
             found.update(self.exact_folded.get(folded, ()))
             _probe_prefixes(found, self.prefix_folded, self.prefix_folded_lengths, folded)
         return found
+
+
+def _trigrams(text: str) -> set[str]:
+    return {text[i : i + 3] for i in range(len(text) - 2)}
 
 
 def _probe_prefixes(
@@ -224,14 +253,6 @@ class RuleSet:
         self._webhooks = tuple(webhooks)
         self._bot_user_id = bot_user_id
         self._indexes: dict[EventName, _EventIndex] = {}
-        for event in EVENT_NAMES:
-            index = _EventIndex()
-            for pos, webhook in enumerate(self._webhooks):
-                if event in webhook.events:
-                    index.add(pos, webhook)
-            index.freeze()
-            if any(event in w.events for w in self._webhooks):
-                self._indexes[event] = index
         # For each regex webhook, a literal every match contains: tested before the search.
         self._literals = [
             required_literal(w.trigger_regex.pattern)
@@ -239,6 +260,14 @@ class RuleSet:
             else ("", False)
             for w in self._webhooks
         ]
+        for event in EVENT_NAMES:
+            index = _EventIndex()
+            for pos, webhook in enumerate(self._webhooks):
+                if event in webhook.events:
+                    index.add(pos, webhook, self._literals[pos])
+            index.freeze()
+            if any(event in w.events for w in self._webhooks):
+                self._indexes[event] = index
         self._scope_by_channel: dict[str, list[int]] = {}
         self._scope_any_channel: list[int] = []
         for pos, webhook in enumerate(self._webhooks):
@@ -278,7 +307,7 @@ class RuleSet:
         word = first_word(message)
         matches: list[Match] = []
         text = _Text(message)
-        for pos in sorted(index.candidates(word, ctx.channel)):
+        for pos in sorted(index.candidates(word, ctx.channel, text)):
             webhook = self._webhooks[pos]
             if not _channel_in_scope(webhook, ctx.channel, ctx.team):
                 continue

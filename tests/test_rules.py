@@ -9,7 +9,7 @@ import regex
 
 from sidecar.config import WebhookConfig
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
-from sidecar.rules import Context, RuleSet, first_word
+from sidecar.rules import Context, RuleSet, _Text, first_word
 
 BOT_ID = "sidecarbot"
 TEAM = Team("team1", "someteam")
@@ -356,8 +356,25 @@ def test_ten_thousand_webhooks_match_correctly_and_look_at_few_candidates() -> N
     assert rules.match(ctx("#nothing")) == []
     # The index hands the matcher only the webhooks whose word could match.
     index = rules._indexes["posted"]
-    assert index.candidates("!p17-x", PUBLIC) == {5017}
-    assert index.candidates("#w4321", PUBLIC) == {4321}
+    assert index.candidates("!p17-x", PUBLIC, _Text("!p17-x")) == {5017}
+    assert index.candidates("#w4321", PUBLIC, _Text("#w4321")) == {4321}
+
+
+def test_regex_webhooks_are_found_by_a_trigram_of_their_literal() -> None:
+    webhooks = [hook(f"r{i}", trigger_regex=regex.compile(rf"\bjob{i}\b")) for i in range(3000)]
+    webhooks.append(hook("ci", trigger_regex=regex.compile(r"(?i)deploy-(?P<env>\w+)")))
+    webhooks.append(hook("short", trigger_regex=regex.compile(r"x+")))  # no 3-char literal
+    rules = RuleSet(webhooks, bot_user_id=BOT_ID)
+    assert [m.webhook.name for m in rules.match(ctx("please run job1234 now"))] == ["r1234"]
+    [m] = [m for m in rules.match(ctx("DEPLOY-prod now")) if m.webhook.name == "ci"]
+    assert m.groups == {"env": "prod"}
+    assert [m.webhook.name for m in rules.match(ctx("xx"))] == ["short"]
+    # Only the webhooks filed under a trigram of the text are looked at, not all 3,000.
+    index = rules._indexes["posted"]
+    text = "please run job1234 now"
+    found = index.candidates(first_word(text), PUBLIC, _Text(text))
+    assert len(found) < 100
+    assert 1234 in found and len(webhooks) - 1 in found  # the short one is always looked at
 
 
 def test_an_unknown_bot_id_blocks_nobody() -> None:
