@@ -238,8 +238,12 @@ class Dispatcher:
             if channel is None:
                 channel = await self._lookup(self.rest.channel, post.channel_id)
             if team is None and channel.team_id:
-                team = await self._lookup(self.rest.team, channel.team_id)
-            actor = await self._lookup(self.rest.user, actor_id)
+                team = self.rest.cached_team(channel.team_id) or await self._lookup(
+                    self.rest.team, channel.team_id
+                )
+            actor = self.rest.cached_user(actor_id)
+            if actor is None:
+                actor = await self._lookup(self.rest.user, actor_id)
         except Unauthorized:
             raise
         except MattermostError as exc:

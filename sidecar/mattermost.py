@@ -69,6 +69,11 @@ class _Cache(Generic[T]):
         self._values: dict[Hashable, tuple[float, T]] = {}
         self._pending: dict[Hashable, asyncio.Future[T]] = {}
 
+    def peek(self, key: Hashable) -> T | None:
+        """The cached value if still fresh, without a coroutine (the hot path's common case)."""
+        hit = self._values.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         hit = self._values.get(key)
         now = time.monotonic()
@@ -211,6 +216,14 @@ class RestClient:
     async def me(self) -> User:
         """The bot's own user."""
         return _parse(User.from_dict, await self.call("GET", "/users/me"), "user")
+
+    def cached_user(self, user_id: str) -> User | None:
+        """A user from the cache, if fresh; None means: ask ``user``."""
+        return self._users.peek(user_id)
+
+    def cached_team(self, team_id: str) -> Team | None:
+        """A team from the cache, if fresh; None means: ask ``team``."""
+        return self._teams.peek(team_id)
 
     async def user(self, user_id: str) -> User:
         """A user by id (cached)."""
