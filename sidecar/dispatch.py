@@ -114,7 +114,7 @@ class Dispatcher:
             self.rest.forget_user(item.user_id)
             return
         if isinstance(item, Posted):
-            self.metrics.events.labels("posted").inc()
+            self.metrics.child(self.metrics.events, "posted").inc()
             post = item.post
             channel = None
             if item.channel_type in ("O", "P", "D", "G") and item.channel_name:
@@ -126,10 +126,10 @@ class Dispatcher:
                 )
             await self._post_event("posted", post, post.user_id, channel=channel)
         elif isinstance(item, PostEdited):
-            self.metrics.events.labels("post_edited").inc()
+            self.metrics.child(self.metrics.events, "post_edited").inc()
             await self._post_event("post_edited", item.post, item.post.user_id)
         elif isinstance(item, ReactionAdded):
-            self.metrics.events.labels("reaction_added").inc()
+            self.metrics.child(self.metrics.events, "reaction_added").inc()
             await self._reaction(item.reaction)
 
     async def catch_up(self) -> None:
@@ -272,7 +272,7 @@ class Dispatcher:
         jobs: list[Job] = []
         for match in self.rules.match(ctx):
             webhook: WebhookConfig = match.webhook
-            self.metrics.matches.labels(webhook.name).inc()
+            self.metrics.child(self.metrics.matches, webhook.name).inc()
             log.info(
                 "matched webhook=%s event=%s post=%s channel=%s user=@%s trigger=%r text=%r",
                 webhook.name,

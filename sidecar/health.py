@@ -13,7 +13,7 @@ import asyncio
 import logging
 import platform
 from collections.abc import Callable, Collection
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import (
@@ -48,6 +48,7 @@ class Metrics:
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = self.registry
         self.events = Counter(
             "mm_sidecar_events_received",
@@ -120,6 +121,14 @@ class Metrics:
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result=result)
 
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels`` takes a lock per call."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def retain_webhooks(self, names: Collection[str]) -> None:
         """Declare the configured webhooks (at start and after a reload).
 
@@ -127,6 +136,7 @@ class Metrics:
         so a renamed webhook does not linger in every scrape until the next restart.
         """
         keep = set(names)
+        self._children.clear()  # a removed series must not live on in the cache
         self.webhooks.set(len(keep))
         labelled: tuple[tuple[Counter | Histogram, tuple[str, ...]], ...] = (
             (self.matches, ("webhook",)),

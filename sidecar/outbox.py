@@ -136,7 +136,7 @@ class Outbox:
                 f"status={attempt.status} in {attempt.elapsed_ms:.0f} ms (attempt {job.attempts})"
             )
             if attempt.error:  # an answer came but cannot be used (over 1 MiB)
-                self._metrics.replies.labels("rejected").inc()
+                self._metrics.child(self._metrics.replies, "rejected").inc()
                 log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, attempt.error)
                 await self._state.finish_job(job.id)
                 return
@@ -164,17 +164,19 @@ class Outbox:
                     job.url, job.body, headers, timeout=webhook.timeout
                 )
             job.attempts += 1
-            self._metrics.delivery_seconds.labels(webhook.name).observe(attempt.elapsed_ms / 1000)
+            self._metrics.child(self._metrics.delivery_seconds, webhook.name).observe(
+                attempt.elapsed_ms / 1000
+            )
             retry = attempt.retryable and job.attempts <= webhook.retries
             if attempt.status is not None and not retry:
                 self.counters.delivered += 1
-                self._metrics.deliveries.labels(webhook.name, "delivered").inc()
+                self._metrics.child(self._metrics.deliveries, webhook.name, "delivered").inc()
                 return attempt  # logged with the reply's outcome, in one line
             what = attempt.error or f"status {attempt.status}"
             if not retry:
                 self.counters.failed += 1
                 outcome = "refused" if attempt.error.startswith("address forbidden") else "failed"
-                self._metrics.deliveries.labels(webhook.name, outcome).inc()
+                self._metrics.child(self._metrics.deliveries, webhook.name, outcome).inc()
                 log.error(
                     "delivery %s webhook=%s post=%s url=%s: %s (attempt %d, giving up)",
                     outcome,
@@ -186,7 +188,7 @@ class Outbox:
                 )
                 return None
             delay = backoff_delay(job.attempts - 1, retry_after=attempt.retry_after)
-            self._metrics.deliveries.labels(webhook.name, "retried").inc()
+            self._metrics.child(self._metrics.deliveries, webhook.name, "retried").inc()
             # Kept with the job (committed before we say so), so that a restart waits out a
             # Retry-After too and counts the attempts made.
             job.next_at = time.time() + delay
@@ -209,11 +211,11 @@ class Outbox:
         try:
             response = parse_response(job.response or b"")
         except ReplyError as exc:
-            self._metrics.replies.labels("rejected").inc()
+            self._metrics.child(self._metrics.replies, "rejected").inc()
             log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, exc)
             return
         if response is None:
-            self._metrics.replies.labels("none").inc()
+            self._metrics.child(self._metrics.replies, "none").inc()
             log.info("%s; no reply webhook=%s: empty response", delivered, webhook.name)
             return
         post = Post(
@@ -229,13 +231,13 @@ class Outbox:
                 usernames=usernames,
             )
         except ReplyError as exc:
-            self._metrics.replies.labels("rejected").inc()
+            self._metrics.child(self._metrics.replies, "rejected").inc()
             log.warning("%s; reply refused webhook=%s: %s", delivered, webhook.name, exc)
             return
         for warning in plan.warnings:
             log.warning("reply webhook=%s post=%s: %s", webhook.name, job.post_id, warning)
         if not plan.posts:
-            self._metrics.replies.labels("none").inc()
+            self._metrics.child(self._metrics.replies, "none").inc()
             log.info("%s; no reply webhook=%s: nothing to post", delivered, webhook.name)
             return
         for i, body in enumerate(plan.posts):
@@ -250,7 +252,7 @@ class Outbox:
             if check:
                 self._check_props(created)
         self.counters.replies += 1
-        self._metrics.replies.labels("posted").inc()
+        self._metrics.child(self._metrics.replies, "posted").inc()
         first = plan.posts[0]
         props = first.get("props") or {}
         log.info(
@@ -280,7 +282,7 @@ class Outbox:
                 raise
             except MattermostError as exc:
                 if not exc.retryable or attempt == REPLY_ATTEMPTS:
-                    self._metrics.replies.labels("failed").inc()
+                    self._metrics.child(self._metrics.replies, "failed").inc()
                     log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
                     return None
                 delay = backoff_delay(attempt - 1, base=0.5, cap=30.0, retry_after=exc.retry_after)

@@ -74,13 +74,20 @@ def go_json(value: Any) -> str:
     return _valid(text)
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _query_escape(text: str) -> str:
+    # Ids, names and timestamps need no escaping: skip quote_plus for them (hot path).
+    if _UNRESERVED.fullmatch(text):
+        return text
+    # quote_plus with safe="" leaves exactly Go's unreserved set: A-Z a-z 0-9 - _ . ~
+    return quote_plus(_valid(text), safe="")
+
+
 def go_form(fields: Mapping[str, str]) -> str:
     """``fields`` encoded like Go's ``url.Values.Encode``: sorted keys, QueryEscape."""
-    # quote_plus with safe="" leaves exactly Go's unreserved set: A-Z a-z 0-9 - _ . ~
-    return "&".join(
-        f"{quote_plus(_valid(k), safe='')}={quote_plus(_valid(v), safe='')}"
-        for k, v in sorted(fields.items())
-    )
+    return "&".join(f"{_query_escape(k)}={_query_escape(v)}" for k, v in sorted(fields.items()))
 
 
 def webhook_id(post_id: str, webhook_name: str, event: EventName, discriminator: str = "") -> str:
