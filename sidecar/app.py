@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -121,7 +122,7 @@ class Sidecar:
         self._started = True
         self.state.start_writer()
         await self.rest.start()
-        self.me = await self.rest.me()
+        self.me = await self._login()
         log.info("logged in to %s as @%s", self.config.mattermost.url, self.me.username)
         self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
         await self._check_server_settings()
@@ -157,6 +158,32 @@ class Sidecar:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             self.outbox.submit(snapshot.jobs, done)
+
+    async def _login(self) -> User:
+        """``/users/me``, retried while the server is unreachable or failing (5xx, 429).
+
+        A 401 is final. Cancel the caller to give up (SIGTERM during start-up does).
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self.rest.me()
+            except Unauthorized:
+                raise
+            except MattermostError as exc:
+                if not exc.retryable:
+                    raise
+                cap = min(self._tuning.backoff_cap, self._tuning.backoff_base * 2**attempt)
+                delay = max(random.uniform(0, cap), exc.retry_after or 0.0)
+                attempt += 1
+                log.warning(
+                    "cannot reach Mattermost at start-up: %s; retrying in %.1f s (attempt %d)",
+                    exc,
+                    delay,
+                    attempt,
+                )
+                self.notifier.status(f"cannot reach Mattermost; retrying in {delay:.0f} s")
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
         """Release everything ``start`` opened (idempotent)."""

@@ -243,10 +243,21 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     app = Sidecar(config, notifier=Notifier())
     reloader = asyncio.create_task(_reloader(app, path, hup), name="reloader")
     try:
-        async with app:
-            # What start() built lives as long as the process: keep the collector off it.
-            gc.freeze()
-            await app.serve(stop)
+        # SIGTERM while start-up still waits for the server: give up cleanly (exit 0).
+        starting = asyncio.create_task(app.start(), name="start")
+        stopped = asyncio.create_task(stop.wait(), name="stop-during-start")
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("stopped during start-up")
+            return EX_OK
+        starting.result()  # a start-up error is raised here
+        # What start() built lives as long as the process: keep the collector off it.
+        gc.freeze()
+        await app.serve(stop)
     except Unauthorized as exc:
         log.error("the bot token was rejected by the server (%s): fix the token; not retrying", exc)
         return EX_CONFIG
@@ -257,6 +268,7 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
         log.error("cannot reach Mattermost: %s", exc)
         return EX_FAIL
     finally:
+        await app.close()
         reloader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reloader

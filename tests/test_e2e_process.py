@@ -400,3 +400,15 @@ async def test_token_revoked_while_running_exits_78(
     assert daemon.count("the bot token was rejected") == 1
     assert "Unclosed" not in daemon.log
     await wait_until(lambda: world.mm.connections == 0, what="no socket left")
+
+
+async def test_sigterm_while_the_server_is_unreachable_at_start(
+    world: World, tmp_path: Path, start: Start
+) -> None:
+    config = write_config(tmp_path / "sidecar.toml", world, [])
+    text = config.read_text().replace(world.mm.url, "http://127.0.0.1:9")  # nothing listens
+    config.write_text(text)
+    daemon = await start(config, ready="cannot reach Mattermost at start-up")
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit() == 0
+    assert daemon.count("stopped during start-up") == 1

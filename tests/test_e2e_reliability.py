@@ -541,3 +541,16 @@ async def test_reactions_made_during_a_gap_are_caught_up(
         ("tada", "bob"),
     ]
     assert all(g["post_id"][0] == target["id"] for g in got)
+
+
+async def test_start_up_waits_for_an_unreachable_server(
+    world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    world.mm.fail_next(3, 503, path_prefix="/users/me")
+    config = make_config(world, tmp_path, [every_dev_post(cb)])
+    async with running(config):
+        world.mm.post(world.alice["id"], world.dev["id"], "after a slow start")
+        await cb.wait_for(1)
+    retries = [r for r in caplog.records if "cannot reach Mattermost at start-up" in r.getMessage()]
+    assert len(retries) == 3
