@@ -260,3 +260,25 @@ async def test_slow_callback_does_not_delay_next_message(
         assert [r.path for r in cb.requests] == ["/slow", "/fast"]
         posts = await world.mm.wait_for_posts(world.town["id"], 3, timeout=3.0)
         assert posts[-1]["message"] == "fast-reply"  # the slow reply is still pending
+
+
+async def test_a_channel_rename_is_followed(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    """Edits resolve their channel through the cache; channel_updated invalidates it."""
+    config = make_config(
+        world,
+        tmp_path,
+        [{"channels": ["releases"], "events": ["post_edited"], "callback_urls": [cb.url_for()]}],
+    )
+    async with running(config):
+        post = world.mm.post(world.alice["id"], world.dev["id"], "v1")
+        world.mm.edit(post["id"], "v1 (edited while the channel is still 'dev')")
+        await asyncio.sleep(0.3)
+        assert cb.requests == []
+        world.mm.rename_channel(world.dev["id"], "releases")
+        await asyncio.sleep(0.1)
+        world.mm.edit(post["id"], "v2")
+        [req] = await cb.wait_for(1)
+    body = form(req.body)
+    assert body["channel_name"] == "releases" and body["text"] == "v2"
