@@ -233,13 +233,6 @@ class RestClient:
 
         return await self._users.get(user_id, load)
 
-    async def user_by_username(self, username: str) -> User:
-        """A user by username (not cached: used rarely)."""
-        data = await self.call("GET", f"/users/username/{username}")
-        user = _parse(User.from_dict, data, "user")
-        self._users.put(user.id, user)
-        return user
-
     async def team(self, team_id: str) -> Team:
         """A team by id (cached)."""
 
