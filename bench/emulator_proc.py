@@ -103,7 +103,7 @@ class LoadGenerator:
                 await asyncio.sleep(0)  # let frames and replies through between posts
         if wait:
             left = max(0.0, timeout - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), left)
         return {
             "created": self.created,

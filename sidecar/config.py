@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import tomllib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 import regex
 
+from sidecar.compat import tomllib
 from sidecar.config_checks import (
     Report,
     Table,

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,9 +24,16 @@ from urllib.parse import urlsplit
 
 import regex
 
-# re's own parser (sre_parse): no stubs, and the old public name warns on import.
-_sre: Any = importlib.import_module("re._parser")
-_sre_c: Any = importlib.import_module("re._constants")
+# re's own parser (sre_parse): no stubs, and the old public name warns on import from 3.11.
+if sys.version_info >= (3, 11):
+    _sre: Any = importlib.import_module("re._parser")
+    _sre_c: Any = importlib.import_module("re._constants")
+else:  # pragma: no cover - exercised by the 3.10 run in .ci/run
+    _sre = importlib.import_module("sre_parse")
+    _sre_c = importlib.import_module("sre_constants")
+# 3.10's parser knows neither possessive repeats nor atomic groups (it refuses them).
+_POSSESSIVE = getattr(_sre_c, "POSSESSIVE_REPEAT", object())
+_ATOMIC = getattr(_sre_c, "ATOMIC_GROUP", object())
 
 MAX_REGEX_LENGTH = 1000
 MAX_SECRET_FILE = 64 * 1024
@@ -380,7 +388,7 @@ def _nested_quantifier(sub: _sre.SubPattern) -> bool:
     for op, av in sub.data:
         # An outer possessive repeat still backtracks inside itself while it has not yet matched
         # (e.g. (a+){30,}+ on 29 a's tries every split), so it counts as a repeat here.
-        outer = op in _REPEATS or op == _sre_c.POSSESSIVE_REPEAT
+        outer = op in _REPEATS or op == _POSSESSIVE
         if outer and av[1] > 1 and any(_unbounded(s) for s in _subpatterns(av[2])):
             return True
         if any(_nested_quantifier(s) for s in _subpatterns(av)):
@@ -391,7 +399,7 @@ def _nested_quantifier(sub: _sre.SubPattern) -> bool:
 def _unbounded(sub: _sre.SubPattern) -> bool:
     for op, av in sub.data:
         # Possessive repeats and atomic groups never give back what they took: no blow-up.
-        if op in (_sre_c.POSSESSIVE_REPEAT, _sre_c.ATOMIC_GROUP):
+        if op in (_POSSESSIVE, _ATOMIC):
             continue
         if op in _REPEATS and av[1] == _sre_c.MAXREPEAT:
             return True

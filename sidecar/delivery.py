@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import timezone
 from types import TracebackType
 
 import aiohttp
@@ -91,7 +91,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+        when = when.replace(tzinfo=timezone.utc)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
 
@@ -285,7 +285,7 @@ class CallbackClient:
                 return done(status, data, "", retry_after)
         except Forbidden as exc:
             return done(None, b"", str(exc))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return done(None, b"", "timeout")
         except (aiohttp.InvalidURL, ValueError) as exc:
             return done(None, b"", f"invalid url: {exc}")

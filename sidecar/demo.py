@@ -163,7 +163,7 @@ async def _one(
     emulator.post(user["id"], channel["id"], text)
     try:
         posts = await emulator.wait_for_posts(channel["id"], before + 2, timeout=1.0)
-    except (TimeoutError, AssertionError):
+    except (asyncio.TimeoutError, TimeoutError, AssertionError):
         _print("   (no webhook matched: nothing sent, nothing replied)\n")
         return 0
     await asyncio.sleep(0.02)  # let the sidecar log its "replied" line first

@@ -122,7 +122,7 @@ class Gateway:
                         "websocket upgrade: 401, the bot token was rejected", status=401
                     ) from exc
                 reason = f"upgrade refused with HTTP {status}"
-            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except InvalidURI as exc:  # pragma: no cover - config validation prevents it
                 raise ValueError(str(exc)) from exc
@@ -140,7 +140,7 @@ class Gateway:
                 "websocket %s; reconnecting in %.1f s (attempt %d)", reason, delay, failures
             )
             self._on_status(f"reconnecting in {delay:.0f} s")
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def _verify_token(self) -> None:

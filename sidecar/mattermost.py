@@ -185,7 +185,7 @@ class RestClient:
                 raw = await _read_at_most(resp.content, MAX_BODY_BYTES + 1)
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
-        except TimeoutError as exc:
+        except asyncio.TimeoutError as exc:
             raise MattermostError(f"{method} {path}: timeout") from exc
         except aiohttp.ClientError as exc:
             raise MattermostError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc

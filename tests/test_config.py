@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.compat import tomllib
 from sidecar.config import (
     FORM,
     JSON,

@@ -108,7 +108,7 @@ def make_app(rec: Recorder) -> web.Application:
             rec.all_in.set()
         try:
             await asyncio.wait_for(rec.all_in.wait(), 5)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
         finally:
             rec.in_flight -= 1

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from harness import WEBHOOK_TOKEN, World, wait_until
+from sidecar import compat
 from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,12 +59,12 @@ class Daemon:
     async def wait_line(self, text: str, *, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until ``count`` stderr lines contain ``text``; fail with the log otherwise."""
         try:
-            async with asyncio.timeout(timeout):
+            async with compat.timeout(timeout):
                 while self.count(text) < count:
                     if self._reader.done():
                         raise AssertionError(f"daemon exited before {text!r}:\n{self.log}")
                     await self._changed.wait()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise AssertionError(f"no {text!r} in the daemon's stderr:\n{self.log}") from None
 
     def signal(self, sig: int) -> None:
@@ -72,7 +73,7 @@ class Daemon:
     async def wait_exit(self, timeout: float = 15.0) -> int:
         try:
             code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise AssertionError(f"daemon still running after {timeout} s:\n{self.log}") from None
         await self._reader
         return code

@@ -52,6 +52,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar import compat
 from sidecar.testing.control import ControlApi
 from sidecar.testing.faults import Failures
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, now_ms
@@ -372,11 +373,11 @@ class Emulator:
     ) -> list[dict[str, Any]]:
         """Wait until the channel holds at least ``count`` posts; return them all."""
         try:
-            async with asyncio.timeout(timeout):
+            async with compat.timeout(timeout):
                 while len(self.store.channel_posts(channel_id)) < count:
                     changed = self._changed
                     await changed.wait()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             have = len(self.store.channel_posts(channel_id))
             raise TimeoutError(f"{have} posts in channel, wanted {count}") from None
         return self.posts_in(channel_id)

@@ -27,6 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar import compat
+
 _NO_BODY_STATUSES = {204, 304}
 
 
@@ -140,11 +142,11 @@ class CallbackRecorder:
     async def wait_for(self, count: int, *, timeout: float = 10.0) -> list[Recorded]:
         """Wait until ``count`` requests arrived; return every request so far."""
         try:
-            async with asyncio.timeout(timeout):
+            async with compat.timeout(timeout):
                 while len(self.requests) < count:
                     changed = self._changed
                     await changed.wait()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise TimeoutError(f"{len(self.requests)} requests arrived, wanted {count}") from None
         return list(self.requests)
 

@@ -30,9 +30,10 @@ Without a seed file the emulator starts with `DEFAULT_SEED`.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sidecar.compat import tomllib
 
 if TYPE_CHECKING:
     from sidecar.testing.emulator import Emulator
