@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -352,15 +353,39 @@ def compile_regex(pattern: str) -> tuple[regex.Pattern[str] | None, str]:
     if len(pattern) > MAX_REGEX_LENGTH:
         return None, f"must be at most {MAX_REGEX_LENGTH} characters"
     try:
-        re.compile(pattern)
-        nested = _nested_quantifier(_sre.parse(pattern))
+        parsed, ambiguous = _parse(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already recorded by _parse
+            re.compile(pattern)
+        nested = _nested_quantifier(parsed)
         compiled = regex.compile(pattern, regex.VERSION0)
     except (re.error, regex.error, OverflowError, RecursionError, ValueError) as e:
         reason = e if isinstance(e, re.error | regex.error) else "pattern is too complex"
         return None, f"invalid regex: {reason}"
+    if ambiguous:
+        # e.g. [[:digit:]]: a POSIX class for the regex engine that searches, a set then "]"
+        # for re, which derives the required literal; refused rather than never matching.
+        return None, (
+            f"ambiguous regex: {ambiguous}: Python's re and the regex engine read '[' or a "
+            "doubled '-', '&', '|', '~' inside a set differently; escape it (e.g. \\[) or "
+            "use a class such as \\d or [0-9]"
+        )
     if nested:
         return None, "pattern may backtrack catastrophically (nested quantifier); rewrite it"
     return compiled, ""
+
+
+def _parse(pattern: str) -> tuple[Any, str]:
+    """re's parse of ``pattern`` and the FutureWarning re gives on it ("" when none).
+
+    re warns where a future version would read a set differently ("Possible nested set at
+    position 1"); the warning is returned, never printed raw on stderr.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parsed = _sre.parse(pattern)
+    ambiguous = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    return parsed, "; ".join(ambiguous)
 
 
 _REPEATS = (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT)
@@ -405,9 +430,11 @@ def required_literal(pattern: str) -> tuple[str, bool]:
     ignores case. ("", …) when there is none. A cheap ``in`` test on it saves the regex search
     on most messages (see rules.py)."""
     try:
-        parsed = _sre.parse(pattern)
+        parsed, ambiguous = _parse(pattern)
     except (re.error, OverflowError, RecursionError, ValueError):
         return "", False
+    if ambiguous:
+        return "", False  # re and regex may disagree on the literal: no shortcut
     best, run = "", []
     for op, av in [*parsed.data, (None, None)]:
         if op == _sre_c.LITERAL:

@@ -29,7 +29,7 @@ from sidecar.config import (
     parse_config,
     webhook_from_dict,
 )
-from sidecar.config_checks import compile_regex
+from sidecar.config_checks import compile_regex, required_literal
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
@@ -808,6 +808,25 @@ def test_nested_quantifiers_are_refused(pattern: str) -> None:
         None,
         "pattern may backtrack catastrophically (nested quantifier); rewrite it",
     )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "warning"),
+    [
+        ("[[:digit:]]abc", "Possible nested set at position 1"),
+        ("x[a&&b]", "Possible set intersection at position 3"),
+        ("[a||b]", "Possible set union at position 2"),
+    ],
+)
+def test_patterns_re_and_regex_read_differently_are_refused(pattern: str, warning: str) -> None:
+    # re (which derives the required literal) sees a set then "]abc", regex (which searches)
+    # a POSIX class: the prefilter would demand "]abc" and the webhook would never fire.
+    # filterwarnings = error: a FutureWarning that escapes fails this test.
+    compiled, problem = compile_regex(pattern)
+    assert compiled is None
+    assert problem.startswith(f"ambiguous regex: {warning}: Python's re and the regex engine")
+    assert "escape it" in problem
+    assert required_literal(pattern) == ("", False)
 
 
 def test_too_deep_regex_is_refused_not_crashed() -> None:
