@@ -25,6 +25,7 @@ from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, User
+from sidecar.names import check_teams, check_users
 from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
 from sidecar.reply import ReplySettings
@@ -127,6 +128,8 @@ class Sidecar:
         self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
         await self._check_server_settings()
         await self._check_channels()
+        await check_teams(self.rest, self.config.webhooks)
+        await check_users(self.rest, self.config.webhooks)
         await self.callbacks.start()
         self.outbox = Outbox(
             state=self.state,

@@ -319,7 +319,9 @@ def _webhook(t: Table, index: int) -> WebhookConfig:
     t.check_keys(WEBHOOK_KEYS)
     name = t.string("name", required=True, max_bytes=64)
     description = t.string("description", max_bytes=500)
-    team = t.string("team")
+    # Mattermost stores team names and usernames in lowercase (ids are lowercase too), so
+    # "SomeTeam" or "@Alice" would otherwise never match.
+    team = t.string("team").lower()
     before = len(t.report.errors)
     channels = tuple(c.removeprefix("~") for c in t.strings("channels") or ())
     ctypes = t.strings("channel_types")
@@ -357,8 +359,8 @@ def _webhook(t: Table, index: int) -> WebhookConfig:
         ),
         trigger_regex=regex,
         case_insensitive=t.boolean("case_insensitive", False),
-        users=tuple(u.removeprefix("@") for u in t.strings("users") or ()),
-        exclude_users=tuple(u.removeprefix("@") for u in t.strings("exclude_users") or ()),
+        users=tuple(u.removeprefix("@").lower() for u in t.strings("users") or ()),
+        exclude_users=tuple(u.removeprefix("@").lower() for u in t.strings("exclude_users") or ()),
         ignore_bots=t.boolean("ignore_bots", False),
         events=frozenset(t.choices("events", events, {e: e for e in EVENT_NAMES}))
         if events is not None

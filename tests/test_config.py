@@ -960,3 +960,21 @@ def test_arbitrary_input_only_raises_config_error(
         assert e.errors and all(line.startswith("config.toml: ") for line in e.errors)
     else:
         assert isinstance(config, Config)
+
+
+def test_team_and_user_names_are_lowercased_like_mattermosts() -> None:
+    hook = webhook_from_dict(
+        {
+            "name": "x",
+            "callback_urls": ["https://a"],
+            "token": HOOK_TOKEN,
+            "trigger_words": ["#Go"],
+            "team": "SomeTeam",
+            "users": ["@Alice", "zmigewsanbbsdf59xnmduzypjc"],
+            "exclude_users": ["BOB"],
+        }
+    )
+    assert hook.team == "someteam"
+    assert hook.users == ("alice", "zmigewsanbbsdf59xnmduzypjc")
+    assert hook.exclude_users == ("bob",)
+    assert hook.trigger_words == ("#Go",)  # trigger words keep their case
