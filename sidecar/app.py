@@ -35,6 +35,8 @@ from sidecar.state import State
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+# [mattermost] keys a reload cannot apply (the token also when it comes from token_file).
+RESTART_MATTERMOST_KEYS = ("url", "token", "verify_tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +281,19 @@ class Sidecar:
         """Swap in a new, already validated config: new rules apply to the next event."""
         old = self.config
         self.notifier.reloading()
-        if config.mattermost != old.mattermost:
-            log.warning("reload: [mattermost] changes take effect only after a restart")
+        # The session and the websocket were opened with these; max_post_size applies at once
+        # (the next reply is split at the new size), as does where the token came from.
+        changed = [
+            key
+            for key in RESTART_MATTERMOST_KEYS
+            if getattr(config.mattermost, key) != getattr(old.mattermost, key)
+        ]
+        if changed:
+            log.warning(
+                "reload: [mattermost] %s take%s effect only after a restart",
+                ", ".join(changed),
+                "s" if len(changed) == 1 else "",
+            )
         for key in (
             "state_dir",
             "listen",

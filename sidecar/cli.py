@@ -77,19 +77,27 @@ class _TextFormatter(logging.Formatter):
         return self._stamp[1]
 
 
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return _JsonFormatter()
+    # journald stamps every line itself; elsewhere a short local time helps.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
+    return _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+
+
+def set_log_format(fmt: str) -> None:
+    """Switch the handlers ``setup_logging`` installed to ``fmt`` (a reload changed it)."""
+    for handler in logging.getLogger().handlers:
+        if any(isinstance(f, _Redact) for f in handler.filters):
+            handler.setFormatter(_formatter(fmt))
+
+
 def setup_logging(
     fmt: str = "text", secrets: Sequence[str] = (), level: int = logging.INFO
 ) -> None:
     """Configure the root logger for the process (libraries never do this)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        # journald stamps every line itself; elsewhere a short local time helps.
-        stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
-        handler.setFormatter(
-            _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
-        )
+    handler.setFormatter(_formatter(fmt))
     handler.addFilter(_Redact(secrets))
     # A log line per decision is on the hot path: skip what no format here prints (the
     # caller's file and line, thread, process names).
@@ -293,6 +301,9 @@ async def _reloader(app: Any, path: str, hup: asyncio.Event) -> None:
             for f in handler.filters:
                 if isinstance(f, _Redact):
                     f.secrets = sorted(set(f.secrets) | set(config_secrets(config)))
+        if config.sidecar.log_format != app.config.sidecar.log_format:
+            set_log_format(config.sidecar.log_format)
+            log.info("reload: log_format is now %s", config.sidecar.log_format)
         app.reload(config)
 
 
