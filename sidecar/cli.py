@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -33,8 +34,30 @@ log = logging.getLogger("sidecar")
 # -- logging -----------------------------------------------------------------------------------
 
 
+# Characters that could forge or hide log lines: C0 (newline, carriage return, ESC…), DEL, C1,
+# Unicode line separators and bidi controls. Usernames, URLs, error texts, channel names and
+# callback answers all come from outside; each such character is written escaped instead.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
 class _Redact(logging.Filter):
-    """Defence in depth: no configured secret ever reaches a log line, even by accident."""
+    """Defence in depth: no configured secret ever reaches a log line, even by accident; and
+    no value from outside can start a line of its own (control characters are escaped, in
+    text and JSON alike; a traceback, added by the formatter, still prints as it is)."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
@@ -45,6 +68,7 @@ class _Redact(logging.Filter):
         if self.secrets and any(s in message for s in self.secrets):
             for s in self.secrets:
                 message = message.replace(s, "***")
+        message = escape_controls(message)
         # Formatted once here; the formatter then does not format the arguments again.
         record.msg, record.args = message, None
         return True
