@@ -126,8 +126,10 @@ async def demo(*, keep_running: bool = False, stop: asyncio.Event | None = None)
         async with app:
             serving = asyncio.create_task(app.serve(stop), name="demo-sidecar")
             # serve() returns without ever being ready when stop (SIGINT) came first.
-            while not app.readiness()[0] and not serving.done() and not stop.is_set():
-                await asyncio.sleep(0.02)
+            stopped = asyncio.create_task(stop.wait(), name="demo-stop")
+            while not app.readiness()[0] and not serving.done() and not stopped.done():
+                await asyncio.wait({serving, stopped}, timeout=0.02)
+            stopped.cancel()
             if not app.readiness()[0]:
                 stop.set()
                 await serving  # raises what made it fail, if anything did
