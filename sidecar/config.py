@@ -159,6 +159,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    if text.startswith("\ufeff"):
+        # tomllib would say "Invalid statement (at line 1, column 1)", which hides the cause.
+        raise ConfigError(
+            [
+                f"{path}:1:1: the file starts with a UTF-8 byte order mark (BOM), which TOML "
+                "does not allow: save it as UTF-8 without BOM"
+            ]
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

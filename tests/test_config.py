@@ -517,6 +517,17 @@ def test_toml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
     assert info.value.errors == [f"{path}:2:17: invalid TOML: Illegal character '\\n'"]
 
 
+def test_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[mattermost]\nurl = 'https://x'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.errors == [
+        f"{path}:1:1: the file starts with a UTF-8 byte order mark (BOM), which TOML does not"
+        " allow: save it as UTF-8 without BOM"
+    ]
+
+
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.toml", env={})
