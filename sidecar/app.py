@@ -25,6 +25,7 @@ from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, User
+from sidecar.names import check_teams, check_users
 from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
 from sidecar.reply import ReplySettings
@@ -34,6 +35,8 @@ from sidecar.state import State
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+# [mattermost] keys a reload cannot apply (the token also when it comes from token_file).
+RESTART_MATTERMOST_KEYS = ("url", "token", "verify_tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ class Sidecar:
         self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
         await self._check_server_settings()
         await self._check_channels()
+        await check_teams(self.rest, self.config.webhooks)
+        await check_users(self.rest, self.config.webhooks)
         await self.callbacks.start()
         self.outbox = Outbox(
             state=self.state,
@@ -276,8 +281,19 @@ class Sidecar:
         """Swap in a new, already validated config: new rules apply to the next event."""
         old = self.config
         self.notifier.reloading()
-        if config.mattermost != old.mattermost:
-            log.warning("reload: [mattermost] changes take effect only after a restart")
+        # The session and the websocket were opened with these; max_post_size applies at once
+        # (the next reply is split at the new size), as does where the token came from.
+        changed = [
+            key
+            for key in RESTART_MATTERMOST_KEYS
+            if getattr(config.mattermost, key) != getattr(old.mattermost, key)
+        ]
+        if changed:
+            log.warning(
+                "reload: [mattermost] %s take%s effect only after a restart",
+                ", ".join(changed),
+                "s" if len(changed) == 1 else "",
+            )
         for key in (
             "state_dir",
             "listen",

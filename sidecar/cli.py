@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -33,8 +34,30 @@ log = logging.getLogger("sidecar")
 # -- logging -----------------------------------------------------------------------------------
 
 
+# Characters that could forge or hide log lines: C0 (newline, carriage return, ESC…), DEL, C1,
+# Unicode line separators and bidi controls. Usernames, URLs, error texts, channel names and
+# callback answers all come from outside; each such character is written escaped instead.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
 class _Redact(logging.Filter):
-    """Defence in depth: no configured secret ever reaches a log line, even by accident."""
+    """Defence in depth: no configured secret ever reaches a log line, even by accident; and
+    no value from outside can start a line of its own (control characters are escaped, in
+    text and JSON alike; a traceback, added by the formatter, still prints as it is)."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
@@ -45,6 +68,7 @@ class _Redact(logging.Filter):
         if self.secrets and any(s in message for s in self.secrets):
             for s in self.secrets:
                 message = message.replace(s, "***")
+        message = escape_controls(message)
         # Formatted once here; the formatter then does not format the arguments again.
         record.msg, record.args = message, None
         return True
@@ -77,19 +101,27 @@ class _TextFormatter(logging.Formatter):
         return self._stamp[1]
 
 
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return _JsonFormatter()
+    # journald stamps every line itself; elsewhere a short local time helps.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
+    return _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+
+
+def set_log_format(fmt: str) -> None:
+    """Switch the handlers ``setup_logging`` installed to ``fmt`` (a reload changed it)."""
+    for handler in logging.getLogger().handlers:
+        if any(isinstance(f, _Redact) for f in handler.filters):
+            handler.setFormatter(_formatter(fmt))
+
+
 def setup_logging(
     fmt: str = "text", secrets: Sequence[str] = (), level: int = logging.INFO
 ) -> None:
     """Configure the root logger for the process (libraries never do this)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        # journald stamps every line itself; elsewhere a short local time helps.
-        stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
-        handler.setFormatter(
-            _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
-        )
+    handler.setFormatter(_formatter(fmt))
     handler.addFilter(_Redact(secrets))
     # A log line per decision is on the hot path: skip what no format here prints (the
     # caller's file and line, thread, process names).
@@ -293,6 +325,9 @@ async def _reloader(app: Any, path: str, hup: asyncio.Event) -> None:
             for f in handler.filters:
                 if isinstance(f, _Redact):
                     f.secrets = sorted(set(f.secrets) | set(config_secrets(config)))
+        if config.sidecar.log_format != app.config.sidecar.log_format:
+            set_log_format(config.sidecar.log_format)
+            log.info("reload: log_format is now %s", config.sidecar.log_format)
         app.reload(config)
 
 

@@ -159,6 +159,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    if text.startswith("\ufeff"):
+        # tomllib would say "Invalid statement (at line 1, column 1)", which hides the cause.
+        raise ConfigError(
+            [
+                f"{path}:1:1: the file starts with a UTF-8 byte order mark (BOM), which TOML "
+                "does not allow: save it as UTF-8 without BOM"
+            ]
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -319,7 +327,9 @@ def _webhook(t: Table, index: int) -> WebhookConfig:
     t.check_keys(WEBHOOK_KEYS)
     name = t.string("name", required=True, max_bytes=64)
     description = t.string("description", max_bytes=500)
-    team = t.string("team")
+    # Mattermost stores team names and usernames in lowercase (ids are lowercase too), so
+    # "SomeTeam" or "@Alice" would otherwise never match.
+    team = t.string("team").lower()
     before = len(t.report.errors)
     channels = tuple(c.removeprefix("~") for c in t.strings("channels") or ())
     ctypes = t.strings("channel_types")
@@ -357,8 +367,8 @@ def _webhook(t: Table, index: int) -> WebhookConfig:
         ),
         trigger_regex=regex,
         case_insensitive=t.boolean("case_insensitive", False),
-        users=tuple(u.removeprefix("@") for u in t.strings("users") or ()),
-        exclude_users=tuple(u.removeprefix("@") for u in t.strings("exclude_users") or ()),
+        users=tuple(u.removeprefix("@").lower() for u in t.strings("users") or ()),
+        exclude_users=tuple(u.removeprefix("@").lower() for u in t.strings("exclude_users") or ()),
         ignore_bots=t.boolean("ignore_bots", False),
         events=frozenset(t.choices("events", events, {e: e for e in EVENT_NAMES}))
         if events is not None

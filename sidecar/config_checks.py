@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ else:  # pragma: no cover - exercised by the 3.10 run in .ci/run
 # 3.10's parser knows neither possessive repeats nor atomic groups (it refuses them).
 _POSSESSIVE = getattr(_sre_c, "POSSESSIVE_REPEAT", object())
 _ATOMIC = getattr(_sre_c, "ATOMIC_GROUP", object())
+_NEWER_SYNTAX = re.compile(r"\(\?>|[*+?}]\+")
 
 MAX_REGEX_LENGTH = 1000
 MAX_SECRET_FILE = 64 * 1024
@@ -360,15 +362,46 @@ def compile_regex(pattern: str) -> tuple[regex.Pattern[str] | None, str]:
     if len(pattern) > MAX_REGEX_LENGTH:
         return None, f"must be at most {MAX_REGEX_LENGTH} characters"
     try:
-        re.compile(pattern)
-        nested = _nested_quantifier(_sre.parse(pattern))
+        try:
+            parsed, ambiguous = _parse(pattern)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # already recorded by _parse
+                re.compile(pattern)
+        except re.error:
+            if sys.version_info >= (3, 11) or not _NEWER_SYNTAX.search(pattern):
+                raise
+            # 3.10's re cannot read possessive repeats or atomic groups (3.11 syntax), which
+            # the regex engine can: no static check then, the search timeout bounds it.
+            parsed, ambiguous = None, ""
+        nested = parsed is not None and _nested_quantifier(parsed)
         compiled = regex.compile(pattern, regex.VERSION0)
     except (re.error, regex.error, OverflowError, RecursionError, ValueError) as e:
         reason = e if isinstance(e, re.error | regex.error) else "pattern is too complex"
         return None, f"invalid regex: {reason}"
+    if ambiguous:
+        # e.g. [[:digit:]]: a POSIX class for the regex engine that searches, a set then "]"
+        # for re, which derives the required literal; refused rather than never matching.
+        return None, (
+            f"ambiguous regex: {ambiguous}: Python's re and the regex engine read '[' or a "
+            "doubled '-', '&', '|', '~' inside a set differently; escape it (e.g. \\[) or "
+            "use a class such as \\d or [0-9]"
+        )
     if nested:
         return None, "pattern may backtrack catastrophically (nested quantifier); rewrite it"
     return compiled, ""
+
+
+def _parse(pattern: str) -> tuple[Any, str]:
+    """re's parse of ``pattern`` and the FutureWarning re gives on it ("" when none).
+
+    re warns where a future version would read a set differently ("Possible nested set at
+    position 1"); the warning is returned, never printed raw on stderr.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parsed = _sre.parse(pattern)
+    ambiguous = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    return parsed, "; ".join(ambiguous)
 
 
 _REPEATS = (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT)
@@ -413,9 +446,11 @@ def required_literal(pattern: str) -> tuple[str, bool]:
     ignores case. ("", …) when there is none. A cheap ``in`` test on it saves the regex search
     on most messages (see rules.py)."""
     try:
-        parsed = _sre.parse(pattern)
+        parsed, ambiguous = _parse(pattern)
     except (re.error, OverflowError, RecursionError, ValueError):
         return "", False
+    if ambiguous:
+        return "", False  # re and regex may disagree on the literal: no shortcut
     best, run = "", []
     for op, av in [*parsed.data, (None, None)]:
         if op == _sre_c.LITERAL:

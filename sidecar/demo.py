@@ -125,13 +125,21 @@ async def demo(*, keep_running: bool = False, stop: asyncio.Event | None = None)
     try:
         async with app:
             serving = asyncio.create_task(app.serve(stop), name="demo-sidecar")
-            while not app.readiness()[0]:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.02)
+            # serve() returns without ever being ready when stop (SIGINT) came first.
+            stopped = asyncio.create_task(stop.wait(), name="demo-stop")
+            while not app.readiness()[0] and not serving.done() and not stopped.done():
+                await asyncio.wait({serving, stopped}, timeout=0.02)
+            stopped.cancel()
+            if not app.readiness()[0]:
+                stop.set()
+                await serving  # raises what made it fail, if anything did
+                _print("stopped during start-up")
+                return code
             await asyncio.sleep(0.1)
             _print(f"sidecar connected with {len(config.webhooks)} webhooks\n")
             for key, who, text in SAMPLES:
+                if stop.is_set():
+                    break
                 code |= await _one(emulator, channels[key], users[who], text, key)
             _print(f"\ndone in {time.monotonic() - started:.1f} s")
             if keep_running:

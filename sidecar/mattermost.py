@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 
@@ -232,6 +233,13 @@ class RestClient:
             return _parse(User.from_dict, await self.call("GET", f"/users/{user_id}"), "user")
 
         return await self._users.get(user_id, load)
+
+    async def user_by_username(self, username: str) -> User:
+        """A user by username (not cached: used only by the start-up checks)."""
+        data = await self.call("GET", f"/users/username/{quote(username, safe='')}")
+        user = _parse(User.from_dict, data, "user")
+        self._users.put(user.id, user)
+        return user
 
     async def team(self, team_id: str) -> Team:
         """A team by id (cached)."""

@@ -48,6 +48,7 @@ class Counters:
     delivered: int = 0
     failed: int = 0
     replies: int = 0
+    dropped: int = 0  # not delivered: a reload removed the webhook or the callback URL
 
 
 class Outbox:
@@ -116,8 +117,11 @@ class Outbox:
     async def _run(self, job: Job, committed: Awaitable[None]) -> None:
         await committed
         webhook = self._webhook(job.webhook)
-        if webhook is None:
+        if job.stage == "deliver":
+            webhook = self._still_configured(job)
+        elif webhook is None:
             log.warning("dropped job %s: webhook %r is no longer configured", job.id, job.webhook)
+        if webhook is None:
             await self._state.finish_job(job.id)
             return
         wait = job.next_at - time.time()
@@ -127,10 +131,11 @@ class Outbox:
             )
             await asyncio.sleep(wait)
         if job.stage == "deliver":
-            attempt = await self._deliver(job, webhook)
+            attempt = await self._deliver(job)
             if attempt is None:
                 await self._state.finish_job(job.id)
                 return
+            webhook = self._webhook(job.webhook) or webhook  # a reload may have changed it
             delivered = (
                 f"delivered webhook={webhook.name} post={job.post_id} url={safe_url(job.url)} "
                 f"status={attempt.status} in {attempt.elapsed_ms:.0f} ms (attempt {job.attempts})"
@@ -149,10 +154,37 @@ class Outbox:
         await self._reply(job, webhook, delivered)
         await self._state.finish_job(job.id)
 
-    async def _deliver(self, job: Job, webhook: WebhookConfig) -> Attempt | None:
-        """Call the callback, retrying as configured; None when no answer came."""
+    def _still_configured(self, job: Job) -> WebhookConfig | None:
+        """The job's webhook as configured now; None (logged, counted) when a reload removed
+        the webhook or this callback URL from it: that URL gets no further traffic."""
+        webhook = self._webhook(job.webhook)
+        if webhook is not None and job.url in webhook.callback_urls:
+            return webhook
+        self.counters.dropped += 1
+        if webhook is not None:
+            self._metrics.child(self._metrics.deliveries, webhook.name, "dropped").inc()
+        log.warning(
+            "delivery dropped webhook=%s post=%s url=%s: %s no longer configured; "
+            "not delivered (%d attempt(s) made)",
+            job.webhook,
+            job.post_id,
+            safe_url(job.url),
+            "the webhook is" if webhook is None else "this callback URL is",
+            job.attempts,
+        )
+        return None
+
+    async def _deliver(self, job: Job) -> Attempt | None:
+        """Call the callback, retrying as configured; None when no answer came.
+
+        Each attempt reads the webhook's current config (timeout, retries, signing secrets),
+        so a reload applies to queued jobs; the body was built at match time.
+        """
         url = safe_url(job.url)
         while True:
+            webhook = self._still_configured(job)
+            if webhook is None:
+                return None
             async with self._slots:
                 headers = request_headers(job.content_type, job.webhook_id, USER_AGENT)
                 headers.update(

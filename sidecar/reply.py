@@ -124,8 +124,11 @@ def _kind(value: Any) -> str:
 
 _ANNOUNCEMENTS = (("<!channel>", "@channel"), ("<!here>", "@here"), ("<!all>", "@all"))
 _USER_MENTION = re.compile(r"<@([a-zA-Z0-9]+)>")
-# Mattermost's linkWithTextRegex, applied to the text after the conversions above.
+# Mattermost's linkWithTextRegex, applied to the post's text after the conversions above.
 _LINK_WITH_TEXT = re.compile(r"<([^\n<|>]+)\|([^|\n>]+)>")
+# model.ParseSlackLinksToMarkdown's laxer rule, for attachment pretext, text and field values:
+# the label may hold "|" and newlines.
+_SLACK_LINK = re.compile(r"<([^<|]+)\|([^>]+)>")
 
 
 def mentioned_user_ids(text: str) -> set[str]:
@@ -165,6 +168,10 @@ def _slack_text(text: str, usernames: Mapping[str, str]) -> str:
 
 def _links(text: str) -> str:
     return _LINK_WITH_TEXT.sub(r"[\2](\1)", text)
+
+
+def _attachment_links(text: str) -> str:
+    return _SLACK_LINK.sub(r"[\2](\1)", text)
 
 
 def _go_float(f: float) -> str:
@@ -267,7 +274,7 @@ def _attachments(value: Any, usernames: Mapping[str, str], warnings: list[str]) 
                 att[key] = _slack_text(att[key], usernames)
         for key in ("pretext", "text"):
             if att.get(key):
-                att[key] = _links(att[key])
+                att[key] = _attachment_links(att[key])
         if att.get("fields") is not None:
             att["fields"] = _attachment_fields(att["fields"], where, usernames)
         if att.get("actions") is not None and not isinstance(att["actions"], list):
@@ -291,8 +298,11 @@ def _attachment_fields(value: Any, where: str, usernames: Mapping[str, str]) -> 
         short = fld.get("short")
         if not (short is None or isinstance(short, bool) or str(short).lower() in _BOOL_WORDS):
             raise ReplyError(f"'{here}.short' must be a boolean, got {_kind(short)}")
+        if isinstance(short, str):
+            # SlackCompatibleBool: decoded case-insensitively, re-encoded as a JSON boolean.
+            fld["short"] = short.lower() == "true"
         if fld.get("value") is not None:
-            fld["value"] = _links(_slack_text(_go_v(fld["value"]), usernames))
+            fld["value"] = _attachment_links(_slack_text(_go_v(fld["value"]), usernames))
         fields.append(fld)
     return fields
 

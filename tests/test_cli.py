@@ -133,6 +133,21 @@ def test_check_ok_prints_a_summary(tmp_path: Path) -> None:
     assert "application/json" in done.stdout
 
 
+def test_check_refuses_a_posix_class_with_no_raw_library_warning(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[mattermost]\nurl = "https://chat.example.com"\ntoken = "zmigewsanbbsdf59xnmduzypjc"\n'
+        '[[webhook]]\nname = "n"\ntrigger_regex = "[[:digit:]]abc"\n'
+        'callback_urls = ["https://ci.example.com/a"]\ntoken = "zmigewsanbbsdf59xnmduzypjd"\n'
+    )
+    done = sidecar("check", "-c", str(config), PYTHONWARNINGS="default")
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert f"{config}: webhook[0].trigger_regex: ambiguous regex: Possible nested set" in (
+        done.stderr
+    )
+    assert "FutureWarning" not in done.stderr and "warnings.warn" not in done.stderr
+
+
 # --- match prints what run sends --------------------------------------------------------------
 
 TEXT = '!Deploy now: deploy api to prod <at once> & "then" 100% done, ü+1\tok'

@@ -250,6 +250,43 @@ def test_attachments_go_to_props_and_set_the_type() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "converted"),
+    [
+        ("<https://ci.example.com/1|build | passed>", "[build | passed](https://ci.example.com/1)"),
+        ("<http://a|line\nbreak>", "[line\nbreak](http://a)"),
+        ("<http://a\nb|c>", "[c](http://a\nb)"),
+        ("<a|b|c>", "[b|c](a)"),
+        ("<http://a>", "<http://a>"),
+        ("<<http://a|b>", "<[b](http://a)"),
+    ],
+)
+def test_attachment_links_use_mattermosts_lax_rule(text: str, converted: str) -> None:
+    # model.ParseSlackLinksToMarkdown: the post's own text keeps the strict rule (above).
+    attachment = {"pretext": text, "text": text, "title": text, "fields": [{"value": text}]}
+    [out] = one({"attachments": [attachment]})["props"]["attachments"]
+    assert out["pretext"] == converted
+    assert out["text"] == converted
+    assert out["fields"][0]["value"] == converted
+    assert out["title"] == text
+
+
+@pytest.mark.parametrize(
+    ("short", "decoded"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("false", False),
+        ("TRUE", True),
+        ("False", False),
+    ],
+)
+def test_field_short_is_a_boolean_like_mattermosts(short: Any, decoded: bool) -> None:
+    post = one({"attachments": [{"fields": [{"title": "t", "value": "v", "short": short}]}]})
+    assert post["props"]["attachments"][0]["fields"][0]["short"] is decoded
+
+
+@pytest.mark.parametrize(
     ("value", "shown"),
     [
         (0, "0"),

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar.testing.emulator import Emulator
-from sidecar.testing.seed import DEFAULT_SEED, apply_seed, load_seed
+from sidecar.testing.seed import DEFAULT_SEED, SeedError, apply_seed, load_seed
 
 
 def build_parser(prog: str = "python -m sidecar.testing") -> argparse.ArgumentParser:
@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(serve(args.host, args.port, args.seed))
+    except SeedError as error:
+        for line in error.errors:
+            print(f"emulator: {line}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError) as error:
         print(f"emulator: {error}", file=sys.stderr)
         return 1

@@ -51,21 +51,133 @@ DEFAULT_SEED: dict[str, Any] = {
 }
 
 
+class SeedError(ValueError):
+    """An invalid seed: one line per problem, each with its key path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
 def load_seed(path: str | Path) -> dict[str, Any]:
-    """Read a seed file (TOML, or JSON by extension)."""
+    """Read and check a seed file (TOML, or JSON by extension); raise SeedError if invalid."""
     path = Path(path)
     data: Any
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a seed file holds a table/object")
-    return data
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSON and TOML errors are ValueErrors
+        raise SeedError([f"{path}: {exc}"]) from None
+    check_seed(data, str(path))
+    return data  # type: ignore[no-any-return]
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    if isinstance(value, dict):
+        return "a table"
+    return "an array" if isinstance(value, list) else names.get(type(value), type(value).__name__)
+
+
+def check_seed(seed: Any, label: str = "seed") -> None:
+    """Raise SeedError listing every problem of a seed's shape, each with its key path."""
+    errors: list[str] = []
+
+    def error(key: str, message: str) -> None:
+        errors.append(f"{label}: {key}: {message}" if key else f"{label}: {message}")
+
+    def table(value: Any, key: str) -> dict[str, Any] | None:
+        if isinstance(value, dict):
+            return value
+        error(key, f"expected a table, got {_kind(value)}")
+        return None
+
+    def tables(key: str) -> list[tuple[str, dict[str, Any]]]:
+        value = seed.get(key, [])
+        if not isinstance(value, list):
+            error(key, f"expected an array of tables, got {_kind(value)}")
+            return []
+        found = [(f"{key}[{i}]", table(v, f"{key}[{i}]")) for i, v in enumerate(value)]
+        return [(k, t) for k, t in found if t is not None]
+
+    def string(t: dict[str, Any], where: str, key: str, *, required: bool = False) -> str | None:
+        if key not in t:
+            if required:
+                error(f"{where}.{key}", "is required")
+            return None
+        if not isinstance(t[key], str) or (required and not t[key]):
+            error(f"{where}.{key}", f"expected a non-empty string, got {_kind(t[key])}")
+            return None
+        return str(t[key])
+
+    def names(t: dict[str, Any], where: str, known: dict[str, str], what: str) -> list[str]:
+        value = t.get("members", [])
+        if not isinstance(value, list):
+            error(f"{where}.members", f"expected an array of {what} names, got {_kind(value)}")
+            return []
+        found = []
+        for i, name in enumerate(value):
+            if not isinstance(name, str):
+                error(f"{where}.members[{i}]", f"expected a string, got {_kind(name)}")
+            elif name.lower() not in known:
+                error(f"{where}.members[{i}]", f"unknown {what} {name!r}")
+            else:
+                found.append(name)
+        return found
+
+    if not isinstance(seed, dict):
+        error("", f"a seed holds a table (object), got {_kind(seed)}")
+        raise SeedError(errors)
+    for key in seed:
+        if key not in ("settings", "users", "bots", "teams", "channels"):
+            error(key, "unknown key (expected settings, users, bots, teams, channels)")
+    if "settings" in seed:
+        table(seed["settings"], "settings")
+    users: dict[str, str] = {}
+    for key in ("users", "bots"):
+        for where, t in tables(key):
+            name = string(t, where, "username", required=True)
+            string(t, where, "token")
+            if name is not None and name.lower() in users:
+                error(
+                    f"{where}.username", f"duplicate username {name!r} (also {users[name.lower()]})"
+                )
+            elif name is not None:
+                users[name.lower()] = where
+    teams: dict[str, str] = {}
+    for where, t in tables("teams"):
+        name = string(t, where, "name", required=True)
+        string(t, where, "display_name")
+        if name is not None and name.lower() in teams:
+            error(f"{where}.name", f"duplicate team name {name!r} (also {teams[name.lower()]})")
+        elif name is not None:
+            teams[name.lower()] = where
+        names(t, where, users, "user")
+    for where, t in tables("channels"):
+        ctype = t.get("type", "O")
+        if ctype not in ("O", "P", "D", "G"):
+            error(f"{where}.type", f'expected "O", "P", "D" or "G", got {ctype!r}')
+            continue
+        members = names(t, where, users, "user")
+        string(t, where, "display_name")
+        if ctype in ("O", "P"):
+            team = string(t, where, "team", required=True)
+            string(t, where, "name", required=True)
+            if team is not None and team.lower() not in teams:
+                error(f"{where}.team", f"unknown team {team!r}")
+        elif ctype == "D" and len(members) != 2:
+            error(f"{where}.members", f"a D channel has 2 members, got {len(members)}")
+        elif ctype == "G" and not 3 <= len(members) <= 8:
+            error(f"{where}.members", f"a G channel has 3 to 8 members, got {len(members)}")
+    if errors:
+        raise SeedError(errors)
 
 
 def apply_seed(emu: Emulator, seed: dict[str, Any]) -> dict[str, str]:
-    """Create everything the seed names; returns each user's token by username."""
+    """Create everything the seed names; returns each user's token by username.
+
+    Raise SeedError, before creating anything, when the seed's shape is invalid."""
+    check_seed(seed)
     emu.settings.update(seed.get("settings", {}))
     ids: dict[str, str] = {}
     tokens: dict[str, str] = {}
