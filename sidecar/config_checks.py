@@ -368,11 +368,12 @@ def compile_regex(pattern: str) -> tuple[regex.Pattern[str] | None, str]:
                 warnings.simplefilter("ignore")  # already recorded by _parse
                 re.compile(pattern)
         except re.error:
-            if sys.version_info >= (3, 11) or not _NEWER_SYNTAX.search(pattern):
-                raise
             # 3.10's re cannot read possessive repeats or atomic groups (3.11 syntax), which
             # the regex engine can: no static check then, the search timeout bounds it.
-            parsed, ambiguous = None, ""
+            if sys.version_info < (3, 11) and _NEWER_SYNTAX.search(pattern):
+                parsed, ambiguous = None, ""
+            else:
+                raise
         nested = parsed is not None and _nested_quantifier(parsed)
         compiled = regex.compile(pattern, regex.VERSION0)
     except (re.error, regex.error, OverflowError, RecursionError, ValueError) as e:

@@ -814,7 +814,7 @@ def test_safe_regexes_are_accepted(pattern: str) -> None:
             r"(a+)++",
             marks=pytest.mark.skipif(
                 sys.version_info < (3, 11),
-                reason="3.10's re cannot parse possessive repeats: accepted, bounded by the timeout",
+                reason="3.10's re cannot parse possessive repeats (accepted, timeout-bound)",
             ),
         ),
         r"(x{2,})+",
