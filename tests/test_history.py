@@ -205,13 +205,14 @@ class FakeOutbox:
     def __init__(self, running: set[str]) -> None:
         self.ids = running
         self.submitted: list[Job] = []
+        self.committed: list[Any] = []
 
     def running(self, job_id: str) -> bool:
         return job_id in self.ids
 
     def submit(self, jobs: list[Job], committed: Any) -> None:
         self.submitted.extend(jobs)
-        asyncio.ensure_future(committed)
+        self.committed.append(committed)
 
 
 async def test_poller_skips_a_job_running_here_and_takes_it_later(tmp_path: Path) -> None:
@@ -240,6 +241,7 @@ async def test_poller_skips_a_job_running_here_and_takes_it_later(tmp_path: Path
     await keeper.poll(h)
     assert [x.id for x in outbox.submitted] == [j.id]
     assert metrics.registry.get_sample_value("mm_sidecar_redeliveries_total") == 1
+    await asyncio.gather(*outbox.committed)
     await state.close()
     assert h.pending() == []  # claimed: a later poll does not take it again
     h.close()
