@@ -300,10 +300,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     """``deliveries`` and ``redeliver`` (deliveries_cli.py)."""
     from sidecar import deliveries_cli
 
-    config = load_config(_config_path(args))
+    state_dir = deliveries_cli.state_dir_of(_config_path(args))
     if args.command == "redeliver":
-        return deliveries_cli.redeliver(config, args)
-    return deliveries_cli.deliveries(config, args)
+        return deliveries_cli.redeliver(state_dir, args)
+    return deliveries_cli.deliveries(state_dir, args)
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from sidecar.history import (
@@ -32,9 +35,6 @@ def safe_url(url: str) -> str:
 
     return safe_url(url)
 
-
-if TYPE_CHECKING:
-    from sidecar.config import Config
 
 EX_OK, EX_FAIL = 0, 1
 SECRET_HEADERS = ("webhook-signature",)
@@ -68,19 +68,39 @@ def add_parsers(sub: Any, with_config: Any, fn: Any) -> None:
     p.set_defaults(fn=fn)
 
 
-def open_history(config: Config) -> SqliteHistory:
-    """The history of the config's state file (HistoryError when there is none)."""
-    return SqliteHistory.connect(config.sidecar.state_dir / DB_NAME)
+def state_dir_of(path: str) -> Path:
+    """``[sidecar] state_dir`` of a config file, read without the rest of it.
+
+    The history needs no token: a ``token_file`` or systemd credential that only the service
+    can read must not stop an operator. An unreadable or invalid file is reported by the full
+    loader, with its usual messages (ConfigError).
+    """
+    from sidecar.config import SidecarConfig, load_config
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return load_config(path).sidecar.state_dir
+    table = data.get("sidecar")
+    value = table.get("state_dir") if isinstance(table, dict) else None
+    if not isinstance(value, str) or not value:
+        return SidecarConfig().state_dir
+    return Path(path).parent / os.path.expanduser(value)
 
 
-def deliveries(config: Config, args: argparse.Namespace) -> int:
+def open_history(state_dir: Path) -> SqliteHistory:
+    """The history of the state file in ``state_dir`` (HistoryError when there is none)."""
+    return SqliteHistory.connect(state_dir / DB_NAME)
+
+
+def deliveries(state_dir: Path, args: argparse.Namespace) -> int:
     """``mm-sidecar deliveries``."""
     if args.what and (args.what[0] != "show" or len(args.what) != 2):
         print("usage: mm-sidecar deliveries [filters] | deliveries show ID", file=sys.stderr)
         return EX_FAIL
     try:
         since = None if args.since is None else parse_since(args.since)
-        store = open_history(config)
+        store = open_history(state_dir)
     except (ValueError, HistoryError) as exc:
         print(exc, file=sys.stderr)
         return EX_FAIL
@@ -113,7 +133,7 @@ def deliveries(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def redeliver(config: Config, args: argparse.Namespace) -> int:
+def redeliver(state_dir: Path, args: argparse.Namespace) -> int:
     """``mm-sidecar redeliver``."""
     if bool(args.ids) == bool(args.failed):
         print("redeliver takes delivery ids or --failed (not both)", file=sys.stderr)
@@ -123,7 +143,7 @@ def redeliver(config: Config, args: argparse.Namespace) -> int:
         return EX_FAIL
     try:
         since = None if args.since is None else parse_since(args.since)
-        store = open_history(config)
+        store = open_history(state_dir)
     except (ValueError, HistoryError) as exc:
         print(exc, file=sys.stderr)
         return EX_FAIL
