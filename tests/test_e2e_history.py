@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from harness import WEBHOOK_TOKEN, World, running, wait_until
+from harness import WEBHOOK_TOKEN, World, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.config import load_config
 from sidecar.history import DELIVERED, FAILED, Query, SqliteHistory, entry
@@ -248,3 +248,63 @@ async def test_cli_without_a_state_file_says_so(
     assert code == 1 and "no state file" in err and str(tmp_path / "state") in err
     code, _, err = await cli("redeliver", "-c", str(path))
     assert code == 1 and "ids or --failed" in err
+
+
+async def finished(app: Sidecar, count: int) -> list[Any]:
+    """The history once ``count`` rows are in it (newest first)."""
+    store = SqliteHistory.connect(app.state.path)
+    try:
+        await wait_until(lambda: len(store.find(Query(limit=0))) >= count, what="history rows")
+        return store.find(Query(limit=0))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "reply_status", "outcome", "error"),
+    [
+        (Reply(200, {"text": "ok"}), None, "delivered", ""),
+        (Reply(200, b""), None, "delivered", ""),  # nothing to post is not a failure
+        (Reply(200, "not json"), None, "no_reply", "not JSON"),
+        (Reply(200, {"text": "ok"}), 400, "reply_failed", "400"),
+        (Reply(404, {"text": "gone"}), None, "delivered", ""),  # a 4xx is the receiver's answer
+    ],
+)
+async def test_outcomes(
+    world: World,
+    cb: CallbackRecorder,
+    tmp_path: Path,
+    answer: Reply,
+    reply_status: int | None,
+    outcome: str,
+    error: str,
+) -> None:
+    cb.respond_with(lambda _: answer)
+    if reply_status is not None:
+        world.mm.fail_next(1, reply_status, method="POST", path_prefix="/posts")
+    config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
+    async with running(config) as app:
+        world.mm.post(world.alice["id"], world.dev["id"], "hello")
+        [row] = await finished(app, 1)
+    assert (row.outcome, row.status, row.attempts) == (outcome, answer.status, 1)
+    assert error in row.error and (error or row.error == "")
+
+
+async def test_refused_by_the_address_guard_is_a_dead_letter(world: World, tmp_path: Path) -> None:
+    config = make_config(
+        world, tmp_path, [{"channels": ["dev"], "callback_urls": ["http://10.1.2.3/hook"]}]
+    )
+    async with running(config) as app:
+        world.mm.post(world.alice["id"], world.dev["id"], "hello")
+        [row] = await finished(app, 1)
+        await wait_until(
+            lambda: (
+                app.metrics.registry.get_sample_value(
+                    "mm_sidecar_dead_letters", {"webhook": "hook0"}
+                )
+                == 1
+            ),
+            what="dead-letter gauge",
+        )
+    assert (row.outcome, row.status, row.dead) == ("refused", None, True)
+    assert "address forbidden" in row.error
