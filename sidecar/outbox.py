@@ -218,15 +218,15 @@ class Outbox:
                 self._metrics.child(self._metrics.deliveries, webhook.name, outcome).inc()
                 job.delivery_id = job.delivery_id or new_delivery_id()
                 log.error(
-                    "delivery %s id=%s webhook=%s post=%s url=%s: %s (attempt %d, giving up); "
-                    "mm-sidecar redeliver %s sends it again",
+                    "delivery %s webhook=%s post=%s url=%s: %s (attempt %d, giving up); "
+                    "id=%s: `mm-sidecar redeliver %s` sends it again",
                     outcome,
-                    job.delivery_id,
                     webhook.name,
                     job.post_id,
                     url,
                     what,
                     job.attempts,
+                    job.delivery_id,
                     job.delivery_id,
                 )
                 return attempt
