@@ -23,9 +23,9 @@ from sidecar.history import (
     Delivery,
     HistoryError,
     Query,
-    SqliteHistory,
     parse_since,
 )
+from sidecar.history_sqlite import SqliteHistory
 from sidecar.state import DB_NAME
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from sidecar.health import Metrics
-from sidecar.history import Retention, SqliteHistory
+from sidecar.history import Retention
+from sidecar.history_sqlite import SqliteHistory
 from sidecar.outbox import Outbox, safe_url
 from sidecar.state import Job, State
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import history
+from sidecar import history_sqlite
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: delivery history (history.py); a version-1 file is migrated
+SCHEMA_VERSION = 2  # 2: delivery history (history_sqlite.py); a version-1 file is migrated
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints
 DB_NAME = "state.sqlite3"
 
@@ -76,7 +76,7 @@ class Job:
     attempts: int = 0
     response: bytes | None = None
     next_at: float = 0.0  # wall-clock time of the next attempt after a failure (0: now)
-    # -- delivery history (history.py) --
+    # -- delivery history (history.py, history_sqlite.py) --
     redelivery_of: str = ""  # the history row this job sends again (kept in the outbox row)
     delivery_id: str = ""  # its own history row, once named (not kept: a restart renames it)
     headers: dict[str, str] | None = None  # the last attempt's request headers (not kept)
@@ -150,7 +150,7 @@ class State:
             # Checkpoints (the only fsyncs in WAL + NORMAL) run in their own thread: done by
             # the writer at a commit, they would hold every delivery waiting for that commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.executescript(_SCHEMA + history.SCHEMA)
+            conn.executescript(_SCHEMA + history_sqlite.SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is not None and row[0] == "1":
                 # 1 → 2 added the history tables, just created above; outbox rows are unchanged.
@@ -398,7 +398,7 @@ class _Rows:
         if self.finished:
             conn.executemany("DELETE FROM outbox WHERE id=?", self.finished)
         if self.history:
-            history.insert(conn, self.history)
+            history_sqlite.insert(conn, self.history)
         if self.prune is not None:
             conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
 

@@ -21,7 +21,8 @@ import pytest
 from harness import WEBHOOK_TOKEN, World, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.config import load_config
-from sidecar.history import DELIVERED, FAILED, Query, SqliteHistory, entry
+from sidecar.history import DELIVERED, FAILED, Query, entry
+from sidecar.history_sqlite import SqliteHistory
 from sidecar.state import DB_NAME, Job, State
 from sidecar.testing.recorder import CallbackRecorder, Reply
 
@@ -108,6 +109,13 @@ async def test_dead_letter_redelivered_to_the_running_daemon(
         failed_lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert any(f"id={dead['id']}" in m and "redeliver" in m for m in failed_lines)
         await wait_until(lambda: dead_letters(app) == 1, what="dead-letter gauge")
+        # a final 500 counts as failed, not delivered (the reply from its body is still tried)
+        value = app.metrics.registry.get_sample_value
+        assert value("mm_sidecar_deliveries_total", {"webhook": "build", "outcome": "failed"}) == 1
+        assert (
+            value("mm_sidecar_deliveries_total", {"webhook": "build", "outcome": "delivered"})
+            is None
+        )
 
         cb.respond_with(lambda _: Reply(200, {"text": "deployed"}))
         code, out, err = await cli("redeliver", "-c", str(path), dead["id"])

@@ -16,7 +16,8 @@ from sidecar import history
 from sidecar.cli import build_parser
 from sidecar.deliveries_cli import hide_body_token, show, table
 from sidecar.health import Metrics
-from sidecar.history import Query, Retention, SqliteHistory, parse_since
+from sidecar.history import Query, Retention, parse_since
+from sidecar.history_sqlite import SqliteHistory
 from sidecar.redelivery import HistoryKeeper
 from sidecar.state import DB_NAME, Job, State
 
