@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
@@ -26,13 +27,22 @@ if TYPE_CHECKING:
 
 BODY_LIMIT: Final = 64 * 1024  # request and response bodies kept per delivery
 
-# Outcomes of a finished job.
-DELIVERED: Final = "delivered"  # answered (not 5xx/429); the reply, if any, was posted
-FAILED: Final = "failed"  # no answer after the retries, or a final 5xx/429
-REFUSED: Final = "refused"  # the internal-address guard refused the callback URL
-NO_REPLY: Final = "no_reply"  # answered, but the answer could not be used as a reply
-REPLY_FAILED: Final = "reply_failed"  # answered; the server did not take the reply
-OUTCOMES: Final = (DELIVERED, FAILED, REFUSED, NO_REPLY, REPLY_FAILED)
+
+class Outcome(StrEnum):
+    """What became of a finished job; stored (and printed) as its value."""
+
+    DELIVERED = "delivered"  # answered (not 5xx/429); the reply, if any, was posted
+    FAILED = "failed"  # no answer after the retries, or a final 5xx/429
+    REFUSED = "refused"  # the internal-address guard refused the callback URL
+    NO_REPLY = "no_reply"  # answered, but the answer could not be used as a reply
+    REPLY_FAILED = "reply_failed"  # answered; the server did not take the reply
+
+
+DELIVERED: Final = Outcome.DELIVERED
+FAILED: Final = Outcome.FAILED
+REFUSED: Final = Outcome.REFUSED
+NO_REPLY: Final = Outcome.NO_REPLY
+REPLY_FAILED: Final = Outcome.REPLY_FAILED
 # Not delivered: dead letters. An outcome added later that means "never reached the receiver"
 # (e.g. a callback URL removed by a reload) belongs here.
 DEAD: Final = frozenset({FAILED, REFUSED})
@@ -132,7 +142,7 @@ class Queued:
 def entry(
     job: Job,
     delivery_id: str,
-    outcome: str,
+    outcome: Outcome,
     status: int | None,
     duration_ms: float,
     error: str,

@@ -168,7 +168,7 @@ class Outbox:
         await self._finish(job, outcome, attempt, error=error)
 
     async def _finish(
-        self, job: Job, outcome: str, attempt: Attempt | None = None, *, error: str = ""
+        self, job: Job, outcome: history.Outcome, attempt: Attempt | None = None, *, error: str = ""
     ) -> None:
         """Delete the job's outbox row and write its history row, in one transaction."""
         if not error and attempt is not None and outcome in history.DEAD:
@@ -249,7 +249,9 @@ class Outbox:
             )
             await asyncio.sleep(delay)
 
-    async def _reply(self, job: Job, webhook: WebhookConfig, delivered: str) -> tuple[str, str]:
+    async def _reply(
+        self, job: Job, webhook: WebhookConfig, delivered: str
+    ) -> tuple[history.Outcome, str]:
         """Turn the callback's answer into posts, as Mattermost does (reference §3).
 
         Returns the history outcome and its error text.
