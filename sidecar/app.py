@@ -23,11 +23,13 @@ from sidecar.delivery import USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher, now_ms
 from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
+from sidecar.history import Retention
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, User
 from sidecar.names import check_teams, check_users
 from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
+from sidecar.redelivery import HistoryKeeper
 from sidecar.reply import ReplySettings
 from sidecar.rules import RuleSet
 from sidecar.state import State
@@ -48,6 +50,8 @@ class Tuning:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     retry_base: float = 0.25  # first wait before a failed lookup or catch-up is tried again
+    history_poll: float = 1.0  # seconds between looks for redeliveries queued by the CLI
+    history_prune_every: float = 600.0
 
 
 class Sidecar:
@@ -96,6 +100,7 @@ class Sidecar:
         self._webhooks = {w.name: w for w in config.webhooks}
         self.outbox: Outbox | None = None
         self.dispatcher: Dispatcher | None = None
+        self.history: HistoryKeeper | None = None
         self._ready_once = False
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -154,6 +159,15 @@ class Sidecar:
             catch_up_window=self.config.sidecar.catch_up_window,
             retry_base=self._tuning.retry_base,
         )
+        self.history = HistoryKeeper(
+            path=self.state.path,
+            state=self.state,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            retention=self._retention,
+            poll_interval=self._tuning.history_poll,
+            prune_every=self._tuning.history_prune_every,
+        )
         self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
         if self.config.sidecar.listen:
             self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
@@ -204,12 +218,13 @@ class Sidecar:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain. Raises Unauthorized if the token is refused."""
-        assert self.outbox is not None, "start() first"
+        assert self.outbox is not None and self.history is not None, "start() first"
         gateway_stop = asyncio.Event()
         tasks = {
             asyncio.create_task(self.gateway.run(gateway_stop), name="gateway"),
             asyncio.create_task(self._dispatcher(), name="dispatcher"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self.history.run(), name="history"),
         }
         waiters = {
             asyncio.create_task(stop.wait(), name="stop-signal"),
@@ -313,6 +328,10 @@ class Sidecar:
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded: %d webhooks", len(config.webhooks))
         self.notifier.ready(f"connected; {len(config.webhooks)} webhooks")
+
+    def _retention(self) -> Retention:
+        s = self.config.sidecar
+        return Retention(s.history_days, s.dead_letter_days, s.history_max_rows)
 
     def _reply_settings(self) -> ReplySettings:
         s = self.config.sidecar

@@ -331,6 +331,16 @@ async def _reloader(app: Any, path: str, hup: asyncio.Event) -> None:
         app.reload(config)
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """``deliveries`` and ``redeliver`` (deliveries_cli.py)."""
+    from sidecar import deliveries_cli
+
+    state_dir = deliveries_cli.state_dir_of(_config_path(args))
+    if args.command == "redeliver":
+        return deliveries_cli.redeliver(state_dir, args)
+    return deliveries_cli.deliveries(state_dir, args)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Run the Mattermost emulator alone."""
     from sidecar.testing.__main__ import main as emulator_main
@@ -407,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the emulator, callback and sidecar up afterwards",
     )
     p.set_defaults(fn=cmd_demo)
+
+    from sidecar.deliveries_cli import add_parsers
+
+    add_parsers(sub, with_config, cmd_history)
 
     p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
     p.add_argument("--port", type=int, default=8065)

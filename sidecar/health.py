@@ -99,6 +99,18 @@ class Metrics:
             ["result"],
             registry=reg,
         )
+        # -- delivery history (history.py, redelivery.py) --
+        self.dead_letters = Gauge(
+            "mm_sidecar_dead_letters",
+            "Failed deliveries in the history not redelivered yet, by webhook.",
+            ["webhook"],
+            registry=reg,
+        )
+        self.redeliveries = Counter(
+            "mm_sidecar_redeliveries",
+            "Deliveries queued again by `mm-sidecar redeliver` and taken up by this daemon.",
+            registry=reg,
+        )
         self.webhooks = Gauge("mm_sidecar_webhooks", "Webhooks in the active config.", registry=reg)
         self.connected = Gauge(
             "mm_sidecar_websocket_connected",

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidecar import history
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT, Attempt, CallbackClient, backoff_delay
 from sidecar.health import Metrics
@@ -75,6 +77,7 @@ class Outbox:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_fatal = on_fatal
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()  # job ids queued or in flight (redelivery skips them)
         self.counters = Counters()
         self._props_warned = False
 
@@ -83,10 +86,15 @@ class Outbox:
         """Jobs not finished yet."""
         return len(self._tasks)
 
+    def running(self, job_id: str) -> bool:
+        """Whether this job is queued or in flight here (a redelivery of it must wait)."""
+        return job_id in self._running
+
     def submit(self, jobs: list[Job], committed: Awaitable[None]) -> None:
         """Run jobs once ``committed`` (their rows' commit) resolves."""
         shared = asyncio.ensure_future(committed)
         for job in jobs:
+            self._running.add(job.id)
             task = asyncio.create_task(self._run(job, shared), name=f"job {job.id}")
             self._tasks.add(task)
             task.add_done_callback(self._done)
@@ -115,6 +123,12 @@ class Outbox:
     # -- one job -----------------------------------------------------------------------------
 
     async def _run(self, job: Job, committed: Awaitable[None]) -> None:
+        try:
+            await self._run_job(job, committed)
+        finally:
+            self._running.discard(job.id)
+
+    async def _run_job(self, job: Job, committed: Awaitable[None]) -> None:
         await committed
         webhook = self._webhook(job.webhook)
         if job.stage == "deliver":
@@ -122,7 +136,7 @@ class Outbox:
         elif webhook is None:
             log.warning("dropped job %s: webhook %r is no longer configured", job.id, job.webhook)
         if webhook is None:
-            await self._state.finish_job(job.id)
+            await self._finish(job, history.FAILED, error="no longer configured (reload)")
             return
         wait = job.next_at - time.time()
         if wait > 0:  # resumed after a restart while waiting to retry
@@ -130,10 +144,15 @@ class Outbox:
                 "job %s: next attempt in %.1f s, as scheduled before the restart", job.id, wait
             )
             await asyncio.sleep(wait)
+        attempt: Attempt | None = None
         if job.stage == "deliver":
             attempt = await self._deliver(job)
-            if attempt is None:
-                await self._state.finish_job(job.id)
+            if attempt is None:  # a reload removed the callback URL (logged, counted)
+                await self._finish(job, history.FAILED, error="no longer configured (reload)")
+                return
+            if attempt.status is None:  # no answer after the retries (logged by _deliver)
+                refused = attempt.error.startswith("address forbidden")
+                await self._finish(job, history.REFUSED if refused else history.FAILED, attempt)
                 return
             webhook = self._webhook(job.webhook) or webhook  # a reload may have changed it
             delivered = (
@@ -143,7 +162,7 @@ class Outbox:
             if attempt.error:  # an answer came but cannot be used (over 1 MiB)
                 self._metrics.child(self._metrics.replies, "rejected").inc()
                 log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, attempt.error)
-                await self._state.finish_job(job.id)
+                await self._finish(job, history.NO_REPLY, attempt, error=attempt.error)
                 return
             # Not written to disk: a crash before the reply is posted makes the callback see
             # the request again, with the same webhook-id (at least once, as promised), and
@@ -151,8 +170,10 @@ class Outbox:
             job.stage, job.response = "reply", attempt.body
         else:
             delivered = f"delivered webhook={webhook.name} post={job.post_id} before a restart"
-        await self._reply(job, webhook, delivered)
-        await self._state.finish_job(job.id)
+        outcome, error = await self._reply(job, webhook, delivered)
+        if attempt is not None and attempt.retryable:  # a final 5xx/429: still a dead letter
+            outcome, error = history.FAILED, f"status {attempt.status}"
+        await self._finish(job, outcome, attempt, error=error)
 
     def _still_configured(self, job: Job) -> WebhookConfig | None:
         """The job's webhook as configured now; None (logged, counted) when a reload removed
@@ -174,8 +195,27 @@ class Outbox:
         )
         return None
 
+    async def _finish(
+        self, job: Job, outcome: history.Outcome, attempt: Attempt | None = None, *, error: str = ""
+    ) -> None:
+        """Delete the job's outbox row and write its history row, in one transaction."""
+        if not error and attempt is not None and outcome in history.DEAD:
+            error = attempt.error or f"status {attempt.status}"
+        entry = history.entry(
+            job,
+            job.delivery_id or new_delivery_id(),
+            outcome,
+            None if attempt is None else attempt.status,
+            0.0 if attempt is None else attempt.elapsed_ms,
+            error,
+            None if attempt is None else attempt.body,
+            time.time(),
+        )
+        await self._state.finish_job(job.id, entry)
+
     async def _deliver(self, job: Job) -> Attempt | None:
-        """Call the callback, retrying as configured; None when no answer came.
+        """Call the callback, retrying as configured; the last attempt, or None when a reload
+        removed the callback URL meanwhile.
 
         Each attempt reads the webhook's current config (timeout, retries, signing secrets),
         so a reload applies to queued jobs; the body was built at match time.
@@ -196,29 +236,36 @@ class Outbox:
                     job.url, job.body, headers, timeout=webhook.timeout
                 )
             job.attempts += 1
+            job.headers = headers
             self._metrics.child(self._metrics.delivery_seconds, webhook.name).observe(
                 attempt.elapsed_ms / 1000
             )
             retry = attempt.retryable and job.attempts <= webhook.retries
-            if attempt.status is not None and not retry:
+            if attempt.status is not None and not retry and not attempt.retryable:
                 self.counters.delivered += 1
                 self._metrics.child(self._metrics.deliveries, webhook.name, "delivered").inc()
                 return attempt  # logged with the reply's outcome, in one line
             what = attempt.error or f"status {attempt.status}"
             if not retry:
+                # No answer, or a final 5xx/429 (whose body is still the reply, as in
+                # Mattermost): a dead letter, named for `mm-sidecar redeliver`.
                 self.counters.failed += 1
                 outcome = "refused" if attempt.error.startswith("address forbidden") else "failed"
                 self._metrics.child(self._metrics.deliveries, webhook.name, outcome).inc()
+                job.delivery_id = job.delivery_id or new_delivery_id()
                 log.error(
-                    "delivery %s webhook=%s post=%s url=%s: %s (attempt %d, giving up)",
+                    "delivery %s webhook=%s post=%s url=%s: %s (attempt %d, giving up); "
+                    "id=%s: `mm-sidecar redeliver %s` sends it again",
                     outcome,
                     webhook.name,
                     job.post_id,
                     url,
                     what,
                     job.attempts,
+                    job.delivery_id,
+                    job.delivery_id,
                 )
-                return None
+                return attempt
             delay = backoff_delay(job.attempts - 1, retry_after=attempt.retry_after)
             self._metrics.child(self._metrics.deliveries, webhook.name, "retried").inc()
             # Kept with the job (committed before we say so), so that a restart waits out a
@@ -238,18 +285,23 @@ class Outbox:
             )
             await asyncio.sleep(delay)
 
-    async def _reply(self, job: Job, webhook: WebhookConfig, delivered: str) -> None:
-        """Turn the callback's answer into posts, as Mattermost does (reference §3)."""
+    async def _reply(
+        self, job: Job, webhook: WebhookConfig, delivered: str
+    ) -> tuple[history.Outcome, str]:
+        """Turn the callback's answer into posts, as Mattermost does (reference §3).
+
+        Returns the history outcome and its error text.
+        """
         try:
             response = parse_response(job.response or b"")
         except ReplyError as exc:
             self._metrics.child(self._metrics.replies, "rejected").inc()
             log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, exc)
-            return
+            return history.NO_REPLY, str(exc)
         if response is None:
             self._metrics.child(self._metrics.replies, "none").inc()
             log.info("%s; no reply webhook=%s: empty response", delivered, webhook.name)
-            return
+            return history.DELIVERED, ""
         post = Post(
             id=job.post_id, channel_id=job.channel_id, user_id="", create_at=0, root_id=job.root_id
         )
@@ -265,22 +317,22 @@ class Outbox:
         except ReplyError as exc:
             self._metrics.child(self._metrics.replies, "rejected").inc()
             log.warning("%s; reply refused webhook=%s: %s", delivered, webhook.name, exc)
-            return
+            return history.NO_REPLY, str(exc)
         for warning in plan.warnings:
             log.warning("reply webhook=%s post=%s: %s", webhook.name, job.post_id, warning)
         if not plan.posts:
             self._metrics.child(self._metrics.replies, "none").inc()
             log.info("%s; no reply webhook=%s: nothing to post", delivered, webhook.name)
-            return
+            return history.DELIVERED, ""
         for i, body in enumerate(plan.posts):
             body = dict(body)
-            body["pending_post_id"] = _pending_id(job.id, i)
+            body["pending_post_id"] = _pending_id(job.id + job.redelivery_of, i)
             # Whether the server keeps the webhook props is checked on the first reply and on
             # one in PROPS_CHECK_EVERY after it (a server upgrade may change it at any time).
             check = not self._props_warned and self.counters.replies % PROPS_CHECK_EVERY == 0
             created = await self._create_post(body, webhook, job, delivered, decode=check)
-            if created is None:
-                return
+            if isinstance(created, MattermostError):
+                return history.REPLY_FAILED, str(created)
             if check:
                 self._check_props(created)
         self.counters.replies += 1
@@ -297,6 +349,7 @@ class Outbox:
             len(plan.posts),
             "" if len(plan.posts) == 1 else "s",
         )
+        return history.DELIVERED, ""
 
     async def _create_post(
         self,
@@ -306,7 +359,8 @@ class Outbox:
         delivered: str,
         *,
         decode: bool,
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | MattermostError:
+        """The created post, or the error that made us give up."""
         for attempt in range(1, REPLY_ATTEMPTS + 1):
             try:
                 return await self._rest.create_post(body, decode=decode)
@@ -316,7 +370,7 @@ class Outbox:
                 if not exc.retryable or attempt == REPLY_ATTEMPTS:
                     self._metrics.child(self._metrics.replies, "failed").inc()
                     log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
-                    return None
+                    return exc
                 delay = backoff_delay(attempt - 1, base=0.5, cap=30.0, retry_after=exc.retry_after)
                 log.warning(
                     "reply failed webhook=%s post=%s: %s; retrying in %.1f s",
@@ -326,7 +380,7 @@ class Outbox:
                     delay,
                 )
                 await asyncio.sleep(delay)
-        return None  # pragma: no cover - the loop always returns
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
     async def _usernames(self, response: dict[str, Any]) -> dict[str, str]:
         """Usernames for the ``<@USERID>`` mentions in text and attachments (cached lookups)."""
@@ -347,6 +401,11 @@ class Outbox:
             "the server dropped the webhook props (from_webhook, override_username, …) from a "
             "reply: replies will show as ordinary bot posts"
         )
+
+
+def new_delivery_id() -> str:
+    """A history row's id, short enough to type: 12 hex digits."""
+    return secrets.token_hex(6)
 
 
 def _pending_id(job_id: str, part: int) -> str:

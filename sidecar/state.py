@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar import history_sqlite
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: delivery history (history_sqlite.py); a version-1 file is migrated
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints
 DB_NAME = "state.sqlite3"
 
@@ -74,19 +76,24 @@ class Job:
     attempts: int = 0
     response: bytes | None = None
     next_at: float = 0.0  # wall-clock time of the next attempt after a failure (0: now)
+    # -- delivery history (history.py, history_sqlite.py) --
+    redelivery_of: str = ""  # the history row this job sends again (kept in the outbox row)
+    delivery_id: str = ""  # its own history row, once named (not kept: a restart renames it)
+    headers: dict[str, str] | None = None  # the last attempt's request headers (not kept)
 
     def meta(self) -> str:
-        return json.dumps(
-            {
-                "url": self.url,
-                "webhook_id": self.webhook_id,
-                "content_type": self.content_type,
-                "event": self.event,
-                "post_id": self.post_id,
-                "channel_id": self.channel_id,
-                "root_id": self.root_id,
-            }
-        )
+        meta = {
+            "url": self.url,
+            "webhook_id": self.webhook_id,
+            "content_type": self.content_type,
+            "event": self.event,
+            "post_id": self.post_id,
+            "channel_id": self.channel_id,
+            "root_id": self.root_id,
+        }
+        if self.redelivery_of:
+            meta["redelivery_of"] = self.redelivery_of
+        return json.dumps(meta)
 
 
 @dataclass(slots=True)
@@ -143,9 +150,15 @@ class State:
             # Checkpoints (the only fsyncs in WAL + NORMAL) run in their own thread: done by
             # the writer at a commit, they would hold every delivery waiting for that commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + history_sqlite.SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
+            if row is not None and row[0] == "1":
+                # 1 → 2 added the history tables, just created above; outbox rows are unchanged.
+                conn.execute(
+                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
+                )
+                log.info("state file %s: schema upgraded from version 1 to 2", self.path)
+            elif row is None:
                 conn.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -160,8 +173,8 @@ class State:
                 _job_from_row(r)
                 for r in conn.execute(
                     "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
-                    "FROM outbox ORDER BY created_at"
-                )
+                    "FROM outbox WHERE stage != 'redeliver' ORDER BY created_at"
+                )  # rows queued by `redeliver` are claimed by the daemon's poller (redelivery.py)
             ]
         except sqlite3.DatabaseError as exc:
             raise StateError(
@@ -219,9 +232,13 @@ class State:
             "update_job", job.id, job.stage, job.attempts, job.response, job.next_at
         )
 
-    def finish_job(self, job_id: str) -> asyncio.Future[None]:
-        """Remove a finished job."""
-        return self._submit("finish_job", job_id)
+    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
+        """Remove a finished job and add its history row (``history.entry``) in one transaction."""
+        return self._submit("finish_job", job_id, entry)
+
+    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
+        """Mark outbox rows queued by ``redeliver`` as taken by this daemon."""
+        return self._submit("claim", list(job_ids))
 
     def processed(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
@@ -308,6 +325,8 @@ class _Rows:
         self.jobs: list[tuple[Any, ...]] = []
         self.updates: list[tuple[Any, ...]] = []
         self.finished: list[tuple[str]] = []
+        self.history: list[tuple[Any, ...]] = []
+        self.claimed: list[tuple[str]] = []
         self.cursors: dict[str, int] = {}
         self.seen: list[tuple[str, int]] = []
         self.prune: int | None = None
@@ -333,8 +352,13 @@ class _Rows:
     ) -> None:
         self.updates.append((stage, attempts, response, next_at, job_id))
 
-    def finish_job(self, job_id: str) -> None:
+    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None) -> None:
         self.finished.append((job_id,))
+        if entry is not None:
+            self.history.append(entry)
+
+    def claim(self, job_ids: list[str]) -> None:
+        self.claimed.extend((i,) for i in job_ids)
 
     def processed(self, channel_id: str, create_at: int, keys: list[str], at: int) -> None:
         self.cursors[channel_id] = max(create_at, self.cursors.get(channel_id, create_at))
@@ -367,8 +391,14 @@ class _Rows:
             )
         if self.seen:
             conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", self.seen)
+        if self.claimed:
+            conn.executemany(
+                "UPDATE outbox SET stage='deliver' WHERE id=? AND stage='redeliver'", self.claimed
+            )
         if self.finished:
             conn.executemany("DELETE FROM outbox WHERE id=?", self.finished)
+        if self.history:
+            history_sqlite.insert(conn, self.history)
         if self.prune is not None:
             conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
 
@@ -402,4 +432,5 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         attempts=attempts,
         response=None if response is None else bytes(response),
         next_at=next_at,
+        redelivery_of=m.get("redelivery_of", ""),
     )

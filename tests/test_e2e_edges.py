@@ -8,6 +8,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from harness import World, make_config, running, wait_until
+from sidecar.history import Query
+from sidecar.history_sqlite import SqliteHistory
 from sidecar.testing.recorder import CallbackRecorder, Reply
 
 
@@ -109,8 +111,20 @@ async def test_reload_stops_retries_to_a_removed_callback_url(
         await wait_until(lambda: outbox.depth == 0, what="the queued job to finish")
         world.mm.post(world.alice["id"], world.town["id"], "#build again")
         await cb.wait_for(2)
+        store = SqliteHistory.connect(app.state.path)
+        try:
+            await wait_until(lambda: len(store.find(Query(failed=True))) == 1, what="dead letter")
+            [dead] = store.find(Query(failed=True))
+        finally:
+            store.close()
     assert [r.path for r in cb.requests] == ["/old", "/new"]
     assert outbox.counters.dropped == 1
+    # Recorded as a dead letter (not delivered), so `redeliver` can still send it on purpose.
+    assert (dead.outcome, dead.url, dead.error) == (
+        "failed",
+        cb.url_for("/old"),
+        "no longer configured (reload)",
+    )
     dropped = [r.getMessage() for r in caplog.records if "delivery dropped" in r.getMessage()]
     assert dropped == [
         f"delivery dropped webhook=build post={_post_id(cb)} "

@@ -1,0 +1,291 @@
+"""The delivery history in the SQLite state file: its tables, the writer's insert, queries.
+
+The tables are created (and a version-1 file migrated) by ``state.py`` when it opens the file;
+the writer thread calls :func:`insert` inside its batch transaction; :class:`SqliteHistory`
+works on a connection of its own (the CLI's, or the daemon poller's), without any lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sidecar.history import (
+    DEAD,
+    REDELIVER_STAGE,
+    Delivery,
+    HistoryError,
+    Query,
+    Queued,
+    Retention,
+)
+
+if TYPE_CHECKING:
+    from sidecar.state import Job
+
+# Dead letters, in SQL; the partial index below uses the same expression, so queries use it.
+_DEAD_SQL: Final = "outcome IN ({})".format(", ".join(f"'{o}'" for o in sorted(DEAD)))
+
+SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    webhook TEXT NOT NULL,
+    event TEXT NOT NULL,
+    post_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    duration_ms REAL NOT NULL,
+    error TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    request_headers TEXT NOT NULL,
+    request_body BLOB NOT NULL,
+    request_truncated INTEGER NOT NULL,
+    response_body BLOB,
+    redelivery_of TEXT,
+    redelivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries(finished_at);
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(webhook)
+    WHERE {_DEAD_SQL} AND redelivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_redeliver ON outbox(created_at) WHERE stage = 'redeliver';
+"""
+
+_COLUMNS: Final = (
+    "id, job_id, webhook, event, post_id, channel_id, root_id, url, webhook_id, content_type, "
+    "attempts, outcome, status, duration_ms, error, created_at, finished_at, request_headers, "
+    "request_body, request_truncated, response_body, redelivery_of, redelivered_at"
+)
+# A listing reads no headers or bodies: empty stand-ins keep the column positions.
+_LIST_COLUMNS: Final = (
+    _COLUMNS.replace("request_headers,", "'{}',")
+    .replace("request_body,", "X'',")
+    .replace("response_body,", "NULL,")
+)
+PRUNE_CHUNK: Final = 2000
+
+
+def insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write history rows (inside the caller's transaction)."""
+    encoded = [(*r[:17], json.dumps(r[17]), *r[18:]) for r in rows]
+    conn.executemany(
+        f"INSERT OR REPLACE INTO deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 23)})", encoded
+    )
+
+
+class SqliteHistory:
+    """The history in the SQLite state file, on a connection of its own."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    def connect(cls, path: Path) -> SqliteHistory:
+        """Open an existing state file for the CLI or the daemon's poller (never creates it).
+
+        Takes no lock: the daemon may be running, and WAL lets both read and write.
+        """
+        if not path.exists():
+            raise HistoryError(f"no state file at {path}: the daemon has not run yet")
+        try:
+            # check_same_thread off: the daemon uses it from asyncio.to_thread, one call at a time.
+            conn = sqlite3.connect(
+                f"file:{path}?mode=rw",
+                uri=True,
+                timeout=10.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='deliveries'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open {path}: {exc}") from exc
+        if found is None:
+            conn.close()
+            raise HistoryError(
+                f"{path} has no delivery history yet: start this version of mm-sidecar once"
+            )
+        return cls(conn)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def find(self, query: Query) -> list[Delivery]:
+        where, args = _where(query)
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM deliveries{where} "
+            "ORDER BY finished_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = self.conn.execute(sql, (*args, query.limit if query.limit > 0 else -1))
+        return [_delivery(r, bodies=False) for r in rows]
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return None if row is None else _delivery(row, bodies=True)
+
+    def pending(self) -> list[Job]:
+        from sidecar.state import _job_from_row
+
+        rows = self.conn.execute(
+            "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
+            "FROM outbox WHERE stage = ? ORDER BY created_at",
+            (REDELIVER_STAGE,),
+        )
+        jobs = []
+        for r in rows:
+            job = _job_from_row(r)
+            job.stage = "deliver"
+            jobs.append(job)
+        return jobs
+
+    def dead_letters(self) -> dict[str, int]:
+        rows = self.conn.execute(
+            f"SELECT webhook, count(*) FROM deliveries WHERE {_DEAD_SQL} "
+            "AND redelivered_at IS NULL GROUP BY webhook"
+        )
+        return {str(w): int(n) for w, n in rows}
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def redeliver(self, deliveries: Iterable[Delivery], now: float) -> list[Queued]:
+        from sidecar.state import Job  # state.py imports this module
+
+        results: list[Queued] = []
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for d in deliveries:
+                if d.request_truncated:
+                    results.append(Queued(d, False, "its request body was cut at 64 KiB"))
+                    continue
+                job = Job(
+                    id=d.job_id,
+                    webhook=d.webhook,
+                    url=d.url,
+                    webhook_id=d.webhook_id,
+                    body=d.request_body,
+                    content_type=d.content_type,
+                    event=d.event,
+                    post_id=d.post_id,
+                    channel_id=d.channel_id,
+                    root_id=d.root_id,
+                    created_at=now,
+                    stage=REDELIVER_STAGE,
+                    redelivery_of=d.id,
+                )
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, 0, ?, ?, NULL, ?, 0)",
+                    (job.id, job.webhook, job.stage, job.meta(), job.body, now),
+                )
+                if cur.rowcount == 0:
+                    results.append(Queued(d, False, f"job {d.job_id} is already in the outbox"))
+                    continue
+                conn.execute("UPDATE deliveries SET redelivered_at = ? WHERE id = ?", (now, d.id))
+                results.append(Queued(d, True))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def prune(self, now: float, retention: Retention) -> int:
+        """In chunks, each its own short transaction, so the writer thread is never held long."""
+        day = 86400.0
+        deleted = 0
+        steps = (
+            # Delivered and other non-dead rows after history_days…
+            (
+                f"finished_at < ? AND NOT ({_DEAD_SQL})",
+                (now - retention.history_days * day,),
+            ),
+            # …dead letters after dead_letter_days (never before history_days).
+            (
+                "finished_at < ?",
+                (now - max(retention.dead_letter_days, retention.history_days) * day,),
+            ),
+        )
+        for where, args in steps:
+            deleted += self._delete_chunks(where, args)
+        total = int(self.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+        excess = total - retention.max_rows
+        if excess > 0:
+            # Over the cap: the oldest go, non-dead rows before dead letters.
+            deleted += self._delete_oldest(f"NOT ({_DEAD_SQL})", excess)
+            total = int(self.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+            if total > retention.max_rows:
+                deleted += self._delete_oldest("1", total - retention.max_rows)
+        return deleted
+
+    def _delete_chunks(self, where: str, args: tuple[Any, ...]) -> int:
+        deleted = 0
+        while True:
+            cur = self.conn.execute(
+                f"DELETE FROM deliveries WHERE rowid IN "
+                f"(SELECT rowid FROM deliveries WHERE {where} LIMIT {PRUNE_CHUNK})",
+                args,
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < PRUNE_CHUNK:
+                return deleted
+
+    def _delete_oldest(self, where: str, count: int) -> int:
+        deleted = 0
+        while count > 0:
+            n = min(count, PRUNE_CHUNK)
+            cur = self.conn.execute(
+                f"DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries "
+                f"WHERE {where} ORDER BY finished_at LIMIT {n})"
+            )
+            deleted += cur.rowcount
+            count -= n
+            if cur.rowcount < n:
+                break
+        return deleted
+
+
+def _where(query: Query) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if query.failed:
+        clauses.append(_DEAD_SQL)
+    if query.not_redelivered:
+        clauses.append("redelivered_at IS NULL")
+    if query.webhook is not None:
+        clauses.append("webhook = ?")
+        args.append(query.webhook)
+    if query.post_id is not None:
+        clauses.append("post_id = ?")
+        args.append(query.post_id)
+    if query.since is not None:
+        clauses.append("finished_at >= ?")
+        args.append(query.since)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _delivery(row: tuple[Any, ...], *, bodies: bool) -> Delivery:
+    headers, request_body, truncated, response_body, redelivery_of, redelivered_at = row[17:]
+    return Delivery(  # type: ignore[call-arg]  # the columns are the fields, in order
+        *row[:17],
+        json.loads(headers) if bodies else {},
+        bytes(request_body) if bodies else b"",
+        bool(truncated),
+        None if response_body is None or not bodies else bytes(response_body),
+        redelivery_of,
+        redelivered_at,
+    )

@@ -1,0 +1,132 @@
+"""The daemon's side of the delivery history: redeliveries, the dead-letter gauge, pruning.
+
+``mm-sidecar redeliver`` (another process, no lock, WAL) writes outbox rows with
+``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a connection
+of its own, off the event loop, claims those whose job is not already queued or running here
+(through the writer thread, in the same order as every other write) and hands them to the
+outbox. A row whose job is still running stays queued and is looked at again next time, so
+the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
+every ``prune_every`` seconds (and once at start) the history is pruned, in short chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sidecar.health import Metrics
+from sidecar.history import Retention
+from sidecar.history_sqlite import SqliteHistory
+from sidecar.outbox import Outbox, safe_url
+from sidecar.state import Job, State
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """``asyncio.to_thread``, except that a cancellation waits for the thread to be done with
+    the connection (closing it under a running query is not safe)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the task is being cancelled anyway
+        raise
+
+
+class HistoryKeeper:
+    """One task of the daemon; constructing it does no I/O."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        state: State,
+        outbox: Outbox,
+        metrics: Metrics,
+        retention: Callable[[], Retention],
+        poll_interval: float = 1.0,
+        prune_every: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = path
+        self._state = state
+        self._outbox = outbox
+        self._metrics = metrics
+        self._retention = retention
+        self._poll_interval = poll_interval
+        self._prune_every = prune_every
+        self._clock = clock
+        self._dead_seen: set[str] = set()
+        self.polls = 0  # finished polls, for tests to wait on
+        self.prunes = 0
+
+    async def run(self) -> None:
+        """Poll, refresh and prune until cancelled."""
+        path = self._path
+        store = await _in_thread(lambda: SqliteHistory.connect(path))
+        next_prune = time.monotonic()
+        try:
+            while True:
+                try:
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + self._prune_every
+                        await self.prune(store)
+                    await self.poll(store)
+                except sqlite3.Error as exc:
+                    log.warning("delivery history: %s; trying again shortly", exc)
+                await asyncio.sleep(self._poll_interval)
+        finally:
+            store.close()
+
+    async def prune(self, store: SqliteHistory) -> None:
+        """Delete what the retention settings no longer keep."""
+        retention = self._retention()
+        now = self._clock()
+        deleted = await _in_thread(lambda: store.prune(now, retention))
+        self.prunes += 1
+        if deleted:
+            log.info(
+                "delivery history: pruned %d rows (history_days=%g, dead_letter_days=%g, "
+                "history_max_rows=%d)",
+                deleted,
+                retention.history_days,
+                retention.dead_letter_days,
+                retention.max_rows,
+            )
+
+    async def poll(self, store: SqliteHistory) -> None:
+        """Take up queued redeliveries; refresh the dead-letter gauge."""
+
+        def read() -> tuple[list[Job], dict[str, int]]:
+            return store.pending(), store.dead_letters()
+
+        jobs, dead = await _in_thread(read)
+        fresh = [j for j in jobs if not self._outbox.running(j.id)]
+        if fresh:
+            committed = self._state.claim_redeliveries([j.id for j in fresh])
+            for job in fresh:
+                log.info(
+                    "redelivering %s webhook=%s post=%s url=%s webhook-id=%s (job %s)",
+                    job.redelivery_of,
+                    job.webhook,
+                    job.post_id,
+                    safe_url(job.url),
+                    job.webhook_id,
+                    job.id,
+                )
+            self._metrics.redeliveries.inc(len(fresh))
+            self._outbox.submit(fresh, committed)
+        for webhook in self._dead_seen | set(dead):
+            self._metrics.dead_letters.labels(webhook=webhook).set(dead.get(webhook, 0))
+        self._dead_seen |= set(dead)
+        self.polls += 1
