@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sidecar import __version__
 from sidecar.config import Config
 from sidecar.delivery import USER_AGENT, CallbackClient
-from sidecar.dispatch import Dispatcher, now_ms
+from sidecar.dispatch import Dispatcher
 from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
@@ -419,6 +419,7 @@ class Sidecar:
                 self.notifier.watchdog()
             if now - last_prune > 600:
                 last_prune = now
-                horizon = now_ms() - int(self.config.sidecar.catch_up_window * 1000) - 60_000
+                window = int(self.config.sidecar.catch_up_window * 1000)
+                horizon = self.rest.server_now_ms() - window - 60_000  # server time
                 if self.dispatcher is not None:
                     self.dispatcher.prune(horizon)
