@@ -62,6 +62,7 @@ class Sidecar:
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics(__version__)
         self.state = State(config.sidecar.state_dir)
+        self.state.on_write_failure = self._set_fatal  # commits kept failing: exit 1
         self.rest = RestClient(
             config.mattermost.url,
             config.mattermost.token,
