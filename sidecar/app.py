@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from sidecar import __version__
-from sidecar.config import Config
+from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher
 from sidecar.gateway import Connected, Gateway, Item
@@ -138,6 +138,7 @@ class Sidecar:
             reply_settings=self._reply_settings,
             max_in_flight=self.config.sidecar.max_in_flight,
             on_fatal=self._set_fatal,
+            webhook_by_url=self._webhook_by_url,
         )
         self.dispatcher = Dispatcher(
             rest=self.rest,
@@ -298,6 +299,10 @@ class Sidecar:
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded: %d webhooks", len(config.webhooks))
         self.notifier.ready(f"connected; {len(config.webhooks)} webhooks")
+
+    def _webhook_by_url(self, url: str) -> WebhookConfig | None:
+        """The (first) webhook that calls ``url``: keeps a renamed webhook's jobs deliverable."""
+        return next((w for w in self.config.webhooks if url in w.callback_urls), None)
 
     def _reply_settings(self) -> ReplySettings:
         s = self.config.sidecar

@@ -267,6 +267,16 @@ class RestClient:
 
         return await self._users.get(user_id, load)
 
+    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
+        """``POST /users/ids``: many users in one call (unknown ids are left out); cached."""
+        data = await self.call("POST", "/users/ids", body=user_ids)
+        if not isinstance(data, list):
+            raise BadAnswer("POST /users/ids: expected a list")
+        users = [_parse(User.from_dict, u, "user") for u in data]
+        for u in users:
+            self._users.put(u.id, u)
+        return users
+
     async def team(self, team_id: str) -> Team:
         """A team by id (cached)."""
 
