@@ -4,8 +4,9 @@ For every channel that some webhook could fire in, ask ``/channels/{id}/posts?si
 one millisecond before the channel's cursor (a post in the same millisecond as the last one
 processed is not lost; processed keys de-duplicate), page forward past the 1000-post limit,
 and return what must still be processed, oldest first. Posts older than the window are counted
-and skipped. A post first seen here fires as ``posted`` with its current text; an edit of a
-post processed earlier fires as ``post_edited`` when some webhook listens for edits.
+and skipped. A post first seen here fires as ``posted`` with its current text; independently,
+its latest edit, made at or after the cursor and not processed yet, fires as ``post_edited``
+when some webhook listens for edits (a post created and edited in one gap fires both).
 
 The server answers ``since`` with at most 1000 posts chosen by a LIMIT without ORDER BY, so
 when a page comes back full, paging forward from the newest change seen is complete only if

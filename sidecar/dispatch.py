@@ -5,8 +5,9 @@ the dispatcher resolves its channel, team and author (cached REST lookups, retri
 server's trouble is temporary: skipping would lose the post, because the channel's next post
 moves the cursor past it), matches it against the rules, builds each callback request, and
 records the jobs and the processed post in one transaction before handing the jobs to the
-outbox. It owns the cursors (the last processed ``create_at`` per channel) and the processed
-keys that make catch-up and replays exactly-once.
+outbox. It owns the cursors (the last processed ``create_at`` per channel, never past the
+server's now), the start position (the cursor of channels without one) and the processed keys
+that make catch-up and replays exactly-once. Every "now" is the server's (``server_now``).
 """
 
 from __future__ import annotations
