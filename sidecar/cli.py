@@ -231,7 +231,11 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     from sidecar.state import State, StateError, StateWriteError
 
     if reset_state:
-        aside = State.reset(config.sidecar.state_dir)
+        try:
+            aside = State.reset(config.sidecar.state_dir)
+        except StateError as exc:
+            log.error("--reset-state: %s", exc)
+            return EX_CONFIG
         if aside:
             log.warning("--reset-state: moved the old state file to %s", aside)
     loop = asyncio.get_running_loop()

@@ -80,7 +80,6 @@ class Dispatcher:
         self.me = me
         self.catch_up_window = catch_up_window  # replaced on reload
         self._retry_base = retry_base
-        self._cursors = snapshot.cursors
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors
         # Where processing began (server time): the cursor of every channel without its own.
@@ -89,6 +88,9 @@ class Dispatcher:
         if position is None:
             position = min(snapshot.cursors.values(), default=rest.server_now_ms())
         self._position = position
+        # No cursor is older than the start: one that is (0, written by an edit or a reaction
+        # before issue 16) would make catch-up replay that channel's history.
+        self._cursors = {k: max(v, position) for k, v in snapshot.cursors.items()}
 
     def server_now(self) -> int:
         """The server's clock (ms), as its answers show it: never ours, which may differ."""

@@ -120,7 +120,6 @@ class Gateway:
             except Desync as exc:
                 # Start afresh: a new hello is a gap, so the app catches up over REST.
                 self.connection_id, self.next_seq = "", 0
-                failures = 0
                 reason = str(exc)
             except ConnectionClosed as exc:
                 # When we closed it (e.g. a frame over MAX_FRAME_BYTES: 1009), say why.

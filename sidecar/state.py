@@ -130,16 +130,24 @@ class State:
 
     @staticmethod
     def reset(state_dir: Path) -> Path | None:
-        """Move an existing state file aside (never deleted); return where it went."""
+        """Move an existing state file aside (never deleted); return where it went.
+
+        Raises StateError when a running daemon holds the state_dir (never from under it).
+        """
         path = state_dir / DB_NAME
         if not path.exists():
             return None
-        aside = path.with_name(f"{DB_NAME}.reset-{time.strftime('%Y%m%dT%H%M%S')}")
-        path.rename(aside)
-        for suffix in ("-wal", "-shm"):
-            extra = path.with_name(DB_NAME + suffix)
-            if extra.exists():
-                extra.rename(aside.with_name(aside.name + suffix))
+        holder = State(state_dir)
+        holder._lock()
+        try:
+            aside = path.with_name(f"{DB_NAME}.reset-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                extra = path.with_name(DB_NAME + suffix)
+                if extra.exists():
+                    extra.rename(aside.with_name(aside.name + suffix))
+        finally:
+            holder._unlock()
         return aside
 
     def open(self) -> Snapshot:

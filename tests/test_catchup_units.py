@@ -95,3 +95,22 @@ def test_catch_up_of_one_channel_from_a_position() -> None:
         assert world.outbox.ids == [post_id_of(mine), post_id_of(other)]
 
     asyncio.run(run())
+
+
+def test_a_cursor_older_than_the_start_is_raised_to_it() -> None:
+    """A state file where an edit or a reaction wrote cursor 0 (before the fix) replays no
+    history after the upgrade."""
+    world = World(0, 2)
+    world.server.post(CHANNELS[0], "alice", 0)  # history
+    world.server.real += 1000
+    world.state.cursors = {"": world.server.now(), CHANNELS[0].id: 0}
+
+    async def run() -> None:
+        world.dispatcher = world.new_dispatcher()
+        await world.dispatcher.gap()
+        assert world.outbox.ids == []
+        fresh = world.server.post(CHANNELS[0], "alice", 0)
+        await world.dispatcher.gap()
+        assert world.outbox.ids == [post_id_of(fresh)]
+
+    asyncio.run(run())

@@ -239,3 +239,13 @@ def test_readable_state_dir_is_warned_about(
     state.open()
     asyncio.run(state.close())
     assert f"{tmp_path} is readable by others (mode 755)" in caplog.text
+
+
+async def test_reset_refuses_while_a_daemon_holds_the_state_dir(tmp_path: Path) -> None:
+    running = State(tmp_path)
+    running.open()
+    with pytest.raises(StateError, match="in use by another mm-sidecar"):
+        State.reset(tmp_path)
+    assert (tmp_path / DB_NAME).exists()  # not moved from under the running daemon
+    await running.close()
+    assert State.reset(tmp_path) is not None
