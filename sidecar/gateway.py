@@ -243,6 +243,7 @@ class Gateway:
             resumed_id = self.connection_id
             self.connection_id = event.connection_id
             self.next_seq = (frame.seq or 0) + 1
+            self._replaying = False  # a new connection: nothing of it was seen before
             self.connected = True
             if resumed_id and resumed_id != event.connection_id:
                 log.warning(
