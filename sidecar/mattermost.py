@@ -224,10 +224,11 @@ class RestClient:
         """The server's "now" in ms: our clock plus the offset its last ``Date`` header showed.
 
         ``Date`` has a resolution of one second. When our clock agrees with it (within that
-        second and the answer's round trip) our own, millisecond-precise clock is used;
-        otherwise the offset is the smallest the header allows, so the estimate may trail the
-        server by up to a second plus the latency, never lead it (a lead would make catch-up
-        skip what was posted in that last second). Before any answer: our own clock.
+        second and the answer's round trip) our own, millisecond-precise clock is used: a
+        smaller difference cannot be measured. Otherwise the offset is the smallest the header
+        allows, so the estimate may trail the server by up to a second plus the latency but
+        not lead it (a lead would make catch-up skip what was posted in that last second).
+        Before any answer: our own clock.
         """
         return local_now_ms() + self._clock_offset
 
