@@ -170,9 +170,8 @@ class State:
 
     def _open(self) -> Snapshot:
         try:
-            if (
-                not self.path.exists()
-            ):  # owner-only: outbox rows hold request bodies with webhook tokens
+            # Owner-only (its -wal and -shm files follow): outbox rows hold webhook tokens.
+            if not self.path.exists():
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             else:
                 self._warn_if_readable(self.path)
