@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 
+from harness import World, make_config, running
 from sidecar import cli
+from sidecar.app import Sidecar
 from sidecar.config import parse_config
 from sidecar.state import DB_NAME, LOCK_NAME, State, StateError, StateWriteError, _Rows
+from sidecar.testing.recorder import CallbackRecorder
 
 
 def digest(path: Path) -> str:
@@ -249,3 +252,16 @@ async def test_reset_refuses_while_a_daemon_holds_the_state_dir(tmp_path: Path) 
     assert (tmp_path / DB_NAME).exists()  # not moved from under the running daemon
     await running.close()
     assert State.reset(tmp_path) is not None
+
+
+async def test_second_sidecar_on_a_running_state_dir_is_refused(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    """End to end: a second daemon on the same state_dir stops at start (exit 78 in `run`)."""
+    config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
+    async with running(config):
+        with pytest.raises(StateError, match=rf"\(pid {os.getpid()}\)"):
+            async with Sidecar(config):
+                pass
+        world.mm.post(world.alice["id"], world.dev["id"], "still served once")
+        await cb.wait_for(1)  # the first daemon is untouched by the refused one
