@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 from sidecar import __version__
-from sidecar.config import Config
+from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT, CallbackClient
-from sidecar.dispatch import Dispatcher, now_ms
+from sidecar.dispatch import Dispatcher
 from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.history import Retention
@@ -69,6 +69,7 @@ class Sidecar:
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics(__version__)
         self.state = State(config.sidecar.state_dir)
+        self.state.on_write_failure = self._set_fatal  # commits kept failing: exit 1
         self.rest = RestClient(
             config.mattermost.url,
             config.mattermost.token,
@@ -147,6 +148,7 @@ class Sidecar:
             reply_settings=self._reply_settings,
             max_in_flight=self.config.sidecar.max_in_flight,
             on_fatal=self._set_fatal,
+            webhook_by_url=self._webhook_by_url,
         )
         self.dispatcher = Dispatcher(
             rest=self.rest,
@@ -333,6 +335,10 @@ class Sidecar:
         s = self.config.sidecar
         return Retention(s.history_days, s.dead_letter_days, s.history_max_rows)
 
+    def _webhook_by_url(self, url: str) -> WebhookConfig | None:
+        """The (first) webhook that calls ``url``: keeps a renamed webhook's jobs deliverable."""
+        return next((w for w in self.config.webhooks if url in w.callback_urls), None)
+
     def _reply_settings(self) -> ReplySettings:
         s = self.config.sidecar
         return ReplySettings(
@@ -454,6 +460,7 @@ class Sidecar:
                 self.notifier.watchdog()
             if now - last_prune > 600:
                 last_prune = now
-                horizon = now_ms() - int(self.config.sidecar.catch_up_window * 1000) - 60_000
+                window = int(self.config.sidecar.catch_up_window * 1000)
+                horizon = self.rest.server_now_ms() - window - 60_000  # server time
                 if self.dispatcher is not None:
                     self.dispatcher.prune(horizon)

@@ -4,8 +4,9 @@ For every channel that some webhook could fire in, ask ``/channels/{id}/posts?si
 one millisecond before the channel's cursor (a post in the same millisecond as the last one
 processed is not lost; processed keys de-duplicate), page forward past the 1000-post limit,
 and return what must still be processed, oldest first. Posts older than the window are counted
-and skipped. A post first seen here fires as ``posted`` with its current text; an edit of a
-post processed earlier fires as ``post_edited`` when some webhook listens for edits.
+and skipped. A post first seen here fires as ``posted`` with its current text; independently,
+its latest edit, made at or after the cursor and not processed yet, fires as ``post_edited``
+when some webhook listens for edits (a post created and edited in one gap fires both).
 
 The server answers ``since`` with at most 1000 posts chosen by a LIMIT without ORDER BY, so
 when a page comes back full, paging forward from the newest change seen is complete only if
@@ -73,8 +74,15 @@ async def collect(
     default_cursor: int,
     window_start: int,
     seen: Container[str],
+    channels: list[tuple[Channel, Team | None]] | None = None,
 ) -> CatchUp:
     """Fetch and sort what is left to process since the cursors.
+
+    ``channels`` defaults to every channel in scope (``scope_channels``); a channel without a
+    cursor is caught up from ``default_cursor``. A post is new (``posted``) when it is not in
+    ``seen`` and was created at or after the channel's cursor; independently, its latest edit
+    is due (``post_edited``) when made at or after the cursor and not in ``seen``: a post
+    created and edited in one gap fires both, with its current text.
 
     A channel the server refuses (403/404: the bot left it meanwhile) is logged and skipped;
     any other error is raised, so the caller can try the whole catch-up again.
@@ -82,7 +90,8 @@ async def collect(
     result = CatchUp()
     want_edits = rules.listens_for("post_edited")
     want_reactions = rules.listens_for("reaction_added")
-    channels = await scope_channels(rest, rules)
+    if channels is None:
+        channels = await scope_channels(rest, rules)
     result.channels = len(channels)
     for channel, team in channels:
         cursor = cursors.get(channel.id, default_cursor)
@@ -99,14 +108,18 @@ async def collect(
         for post in posts:
             if post.delete_at:
                 continue
-            if post.create_at >= cursor:
-                if post.id in seen:
-                    continue
+            if post.create_at >= cursor and post.id not in seen:
                 if post.create_at < window_start:
                     result.skipped_old += 1
-                    continue
-                result.items.append(("posted", post, channel, team, None))
-            elif want_edits and post.edit_at >= cursor and edit_key(post) not in seen:
+                else:
+                    # Also when no webhook listens for posts: it moves the channel's cursor.
+                    result.items.append(("posted", post, channel, team, None))
+            if (
+                want_edits
+                and post.edit_at
+                and post.edit_at >= cursor
+                and edit_key(post) not in seen
+            ):
                 if post.edit_at < window_start:
                     result.skipped_old += 1
                 else:

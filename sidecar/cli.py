@@ -2,7 +2,7 @@
 
 The only module that touches the process.
 
-Exit codes: 0 success; 78 (EX_CONFIG) bad config, unusable state file or bot token rejected
+Exit codes: 0 success; 78 (EX_CONFIG) bad config, unusable or locked state file, bot token rejected
 (systemd must not restart-loop on it); 1 any other failure.
 """
 
@@ -260,10 +260,14 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     from sidecar.app import Sidecar
     from sidecar.mattermost import MattermostError, Unauthorized
     from sidecar.notify import Notifier
-    from sidecar.state import State, StateError
+    from sidecar.state import State, StateError, StateWriteError
 
     if reset_state:
-        aside = State.reset(config.sidecar.state_dir)
+        try:
+            aside = State.reset(config.sidecar.state_dir)
+        except StateError as exc:
+            log.error("--reset-state: %s", exc)
+            return EX_CONFIG
         if aside:
             log.warning("--reset-state: moved the old state file to %s", aside)
     loop = asyncio.get_running_loop()
@@ -293,7 +297,10 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     except Unauthorized as exc:
         log.error("the bot token was rejected by the server (%s): fix the token; not retrying", exc)
         return EX_CONFIG
-    except StateError as exc:
+    except StateWriteError as exc:  # transient (a full disk): let the service manager restart
+        log.error("%s", exc)
+        return EX_FAIL
+    except StateError as exc:  # the file cannot be opened or used: a restart cannot help
         log.error("%s", exc)
         return EX_CONFIG
     except MattermostError as exc:

@@ -5,8 +5,9 @@ the dispatcher resolves its channel, team and author (cached REST lookups, retri
 server's trouble is temporary: skipping would lose the post, because the channel's next post
 moves the cursor past it), matches it against the rules, builds each callback request, and
 records the jobs and the processed post in one transaction before handing the jobs to the
-outbox. It owns the cursors (the last processed ``create_at`` per channel) and the processed
-keys that make catch-up and replays exactly-once.
+outbox. It owns the cursors (the last processed ``create_at`` per channel, never past the
+server's now), the start position (the cursor of channels without one) and the processed keys
+that make catch-up and replays exactly-once. Every "now" is the server's (``server_now``).
 """
 
 from __future__ import annotations
@@ -79,17 +80,28 @@ class Dispatcher:
         self.me = me
         self.catch_up_window = catch_up_window  # replaced on reload
         self._retry_base = retry_base
-        self._cursors = snapshot.cursors
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors
-        self._position = max(snapshot.cursors.values()) if snapshot.cursors else now_ms()
+        # Where processing began (server time): the cursor of every channel without its own.
+        # (A file without it, from before it was saved, falls back to its oldest cursor.)
+        position = snapshot.cursors.get(POSITION_KEY)
+        if position is None:
+            position = min(snapshot.cursors.values(), default=rest.server_now_ms())
+        self._position = position
+        # No cursor is older than the start: one that is (0, written by an edit or a reaction
+        # before issue 16) would make catch-up replay that channel's history.
+        self._cursors = {k: max(v, position) for k, v in snapshot.cursors.items()}
+
+    def server_now(self) -> int:
+        """The server's clock (ms), as its answers show it: never ours, which may differ."""
+        return self.rest.server_now_ms()
 
     async def gap(self) -> None:
         """Events may have been missed: catch up; or, on the very first start, begin now."""
         if self._fresh:
             # First start: begin at the present, replay no history.
             self._fresh = False
-            self._position = now_ms()
+            self._position = self.server_now()
             # Saved, so that a restart catches up from here even if nothing was processed
             # meanwhile (per-channel cursors exist only for channels that had a post).
             self._cursors[POSITION_KEY] = self._position
@@ -132,24 +144,36 @@ class Dispatcher:
             self.metrics.child(self.metrics.events, "reaction_added").inc()
             await self._reaction(item.reaction)
 
-    async def catch_up(self) -> None:
-        """Fetch and process what the websocket could not tell us (after a gap or a restart)."""
+    async def catch_up(
+        self,
+        channels: list[tuple[Channel, Team | None]] | None = None,
+        since: int | None = None,
+    ) -> None:
+        """Fetch and process what the websocket could not tell us (after a gap or a restart).
+
+        By default every channel in scope, each from its own cursor (or the start position).
+        With ``channels`` and ``since`` (server ms), just those channels from ``since`` (e.g.
+        one the bot just joined): through the same de-duplicated path, nothing fires twice.
+        """
         started = time.monotonic()
-        default = max([self._position, *self._cursors.values()])
+        cursors = self._cursors if since is None else {}
+        default = self._position if since is None else since
         log.info("catching up over REST from the last processed post")
         attempt = 0
         while True:
             # A catch-up that fails is tried again (the dispatcher waits: later events must
             # not move the cursors past what is still missing), until it works or we stop.
-            window_start = now_ms() - int(self.catch_up_window * 1000)
+            # The window is measured on the server's clock, as are the posts' timestamps.
+            window_start = self.server_now() - int(self.catch_up_window * 1000)
             try:
                 found = await collect(
                     self.rest,
                     self.rules,
-                    cursors=self._cursors,
+                    cursors=cursors,
                     default_cursor=default,
                     window_start=window_start,
                     seen=self._seen,
+                    channels=channels,
                 )
                 break
             except Unauthorized:
@@ -221,9 +245,14 @@ class Dispatcher:
         team: Team | None = None,
         reaction: Reaction | None = None,
     ) -> None:
-        if post.user_id == self.me.id or post.from_webhook or post.is_system:
-            return  # never fires; skip the lookups
-        if not self.rules.listens_for(event):
+        if (
+            post.user_id == self.me.id
+            or post.from_webhook
+            or post.is_system
+            or not self.rules.listens_for(event)
+        ):
+            if event == "posted":
+                self._passed(post)  # never fires; skip the lookups, but move the cursor
             return
         if event == "posted":
             key = post.id
@@ -266,6 +295,22 @@ class Dispatcher:
             return
         await self._post_event("reaction_added", post, reaction.user_id, reaction=reaction)
 
+    def _cursor_after(self, post: Post) -> int:
+        """The channel's cursor once ``post`` is processed: never past the server's now.
+
+        A post stamped in the future (an import, a server clock jump) must not make catch-up
+        skip the posts made until real time reaches that stamp.
+        """
+        current = self._cursors.get(post.channel_id, self._position)
+        return max(current, min(post.create_at, self.server_now()))
+
+    def _passed(self, post: Post) -> None:
+        """A post that fires nothing: move the cursor past it, so catch-up does not refetch it."""
+        cursor = self._cursor_after(post)
+        if cursor > self._cursors.get(post.channel_id, cursor - 1):
+            self._cursors[post.channel_id] = cursor
+            self.state.processed(post.channel_id, cursor, [], post.create_at)
+
     def _handle(self, ctx: Context, key: str) -> None:
         """Match one event and hand its jobs to the outbox; record it as processed."""
         post = ctx.post
@@ -299,14 +344,14 @@ class Dispatcher:
                         root_id=post.root_id,
                     )
                 )
-        at = max(post.create_at, post.edit_at, now_ms() if ctx.reaction else 0)
+        # Server timestamps: a key is kept for catch_up_window after the event it stands for.
+        at = max(post.create_at, post.edit_at, ctx.reaction.create_at if ctx.reaction else 0)
         self._seen[key] = at
         if ctx.event == "posted":
-            self._cursors[post.channel_id] = max(
-                self._cursors.get(post.channel_id, 0), post.create_at
-            )
-        committed = self.state.record(
-            jobs, post.channel_id, self._cursors.get(post.channel_id, 0), [key], at
-        )
+            self._cursors[post.channel_id] = self._cursor_after(post)
+        # A channel whose first event is an edit or a reaction gets the start position as its
+        # cursor (never 0: a restart would replay its history).
+        cursor = self._cursors.get(post.channel_id, self._position)
+        committed = self.state.record(jobs, post.channel_id, cursor, [key], at)
         if jobs:
             self.outbox.submit(jobs, committed)

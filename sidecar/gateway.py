@@ -45,6 +45,12 @@ class Connected:
 
 
 Item = Event | Connected
+
+
+class Desync(Exception):
+    """The server's ``seq`` went backwards or leapt: this connection cannot be trusted."""
+
+
 Sink = Callable[[Item], Awaitable[None]]
 
 
@@ -92,6 +98,7 @@ class Gateway:
         self._ws: ClientConnection | None = None
         self._opened = False  # the current/last session got past the upgrade
         self._got_frames = False  # … and received at least one frame
+        self._replaying = False  # a resume's replay may repeat frames we already had
 
     def __repr__(self) -> str:
         return f"Gateway({self._url!r}, connected={self.connected})"
@@ -110,6 +117,10 @@ class Gateway:
                 reason = "closed by the server"
             except Unauthorized:
                 raise
+            except Desync as exc:
+                # Start afresh: a new hello is a gap, so the app catches up over REST.
+                self.connection_id, self.next_seq = "", 0
+                reason = str(exc)
             except ConnectionClosed as exc:
                 # When we closed it (e.g. a frame over MAX_FRAME_BYTES: 1009), say why.
                 close = exc.rcvd or exc.sent
@@ -168,6 +179,7 @@ class Gateway:
         """One connection, until it drops or ``stop`` is set. True if it delivered frames."""
         self._opened = self._got_frames = False
         resume = bool(self.connection_id)
+        self._replaying = resume
         url = self._url
         if resume:
             url += "?" + urlencode(
@@ -223,7 +235,7 @@ class Gateway:
             seq = getattr(exc, "seq", None)
             log.warning("skipped a malformed websocket frame (seq %s): %s", seq, exc)
             if isinstance(seq, int):
-                self._advance(seq)
+                self._in_order(seq)
             return
         event = frame.event
         if isinstance(event, Hello):
@@ -231,6 +243,7 @@ class Gateway:
             resumed_id = self.connection_id
             self.connection_id = event.connection_id
             self.next_seq = (frame.seq or 0) + 1
+            self._replaying = False  # a new connection: nothing of it was seen before
             self.connected = True
             if resumed_id and resumed_id != event.connection_id:
                 log.warning(
@@ -252,23 +265,33 @@ class Gateway:
             return
         if frame.seq is None:
             return  # a reply to one of our actions
-        if frame.seq < self.next_seq:
-            log.debug("skipped replayed frame seq %d (expected %d)", frame.seq, self.next_seq)
+        if not self._in_order(frame.seq):
             return
-        if frame.seq > self.next_seq:
-            log.warning(
-                "websocket seq jumped from %d to %d: catching up over REST",
-                self.next_seq,
-                frame.seq,
-            )
-            await self._sink(Connected(self.connection_id, resumed=True, gap=True))
-        self.next_seq = frame.seq + 1
         if event is not None:
             await self._sink(event)
 
-    def _advance(self, seq: int) -> None:
-        if seq >= self.next_seq:
-            self.next_seq = seq + 1
+    def _in_order(self, seq: int) -> bool:
+        """Account for one numbered frame: True to process it, False for a replayed duplicate.
+
+        Only the replay right after a resume may repeat what we had (until it reaches the seq
+        we asked for). Any other mismatch, backwards or a leap, is a desync (as the Mattermost
+        webapp treats it): raise, so the connection is dropped and a fresh one (a new hello,
+        a gap) makes the app catch up over REST. Adopting a leap instead would silence the
+        stream: every later frame would look like a replay.
+        """
+        if seq == self.next_seq:
+            self.next_seq += 1
+            self._replaying = False
+            return True
+        if seq < self.next_seq and self._replaying:
+            log.debug("skipped replayed frame seq %d (expected %d)", seq, self.next_seq)
+            return False
+        log.warning(
+            "websocket seq %d where %d was expected: reconnecting afresh and catching up over REST",
+            seq,
+            self.next_seq,
+        )
+        raise Desync(f"out of sequence (seq {seq}, expected {self.next_seq})")
 
 
 async def _close_on(stop: asyncio.Event, ws: ClientConnection) -> None:

@@ -8,6 +8,7 @@ followed; concurrent lookups of the same object share one request.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import time
@@ -25,6 +26,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # a page of 1000 posts of 16 KiB each, with r
 CACHE_TTL = 300.0
 
 T = TypeVar("T")
+
+
+def local_now_ms() -> int:
+    """This machine's wall clock in milliseconds (tests move it to fake a clock offset)."""
+    return int(time.time() * 1000)
 
 
 class MattermostError(Exception):
@@ -127,6 +133,7 @@ class RestClient:
         self._users: _Cache[User] = _Cache(cache_ttl)
         self._teams: _Cache[Team] = _Cache(cache_ttl)
         self._channels: _Cache[Channel] = _Cache(cache_ttl)
+        self._clock_offset = 0  # ms: the server's clock minus ours, from the last Date header
 
     def __repr__(self) -> str:
         return f"RestClient({self.base!r})"
@@ -174,6 +181,7 @@ class RestClient:
             raise RuntimeError("RestClient is not started")
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else None
+        sent = local_now_ms()
         try:
             async with self._session.request(
                 method,
@@ -186,6 +194,7 @@ class RestClient:
                 raw = await _read_at_most(resp.content, MAX_BODY_BYTES + 1)
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                self._note_date(resp.headers.get("Date"), sent)
         except asyncio.TimeoutError as exc:
             raise MattermostError(f"{method} {path}: timeout") from exc
         except aiohttp.ClientError as exc:
@@ -211,6 +220,32 @@ class RestClient:
             raise MattermostError(
                 f"{method} {path}: answer is not JSON: {_snippet(raw)}", status=status
             ) from exc
+
+    def server_now_ms(self) -> int:
+        """The server's "now" in ms: our clock plus the offset its last ``Date`` header showed.
+
+        ``Date`` has a resolution of one second. When our clock agrees with it (within that
+        second and the answer's round trip) our own, millisecond-precise clock is used: a
+        smaller difference cannot be measured. Otherwise the offset is the smallest the header
+        allows, so the estimate may trail the server by up to a second plus the latency but
+        not lead it (a lead would make catch-up skip what was posted in that last second).
+        Before any answer: our own clock.
+        """
+        return local_now_ms() + self._clock_offset
+
+    def _note_date(self, value: str | None, sent: int) -> None:
+        if not value:
+            return
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return
+        if when.tzinfo is None:
+            return
+        date = int(when.timestamp() * 1000)
+        low = date - local_now_ms()  # the server stamped it before we received it …
+        high = date + 1000 - sent  # … within that second, after we sent the request
+        self._clock_offset = 0 if low <= 0 <= high else low
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -240,6 +275,16 @@ class RestClient:
         user = _parse(User.from_dict, data, "user")
         self._users.put(user.id, user)
         return user
+
+    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
+        """``POST /users/ids``: many users in one call (unknown ids are left out); cached."""
+        data = await self.call("POST", "/users/ids", body=user_ids)
+        if not isinstance(data, list):
+            raise BadAnswer("POST /users/ids: expected a list")
+        users = [_parse(User.from_dict, u, "user") for u in data]
+        for u in users:
+            self._users.put(u.id, u)
+        return users
 
     async def team(self, team_id: str) -> Team:
         """A team by id (cached)."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 REPLY_ATTEMPTS = 6  # posting a reply: 429/5xx/connection errors, then it is given up
 PROPS_CHECK_EVERY = 64  # replies between two checks that the server kept the webhook props
+MAX_MENTIONS = 200  # distinct <@ID> looked up per reply (in one POST /users/ids); others stay
+_MENTION = re.compile(r"<@([a-zA-Z0-9]+)>")
 
 
 def safe_url(url: str) -> str:
@@ -67,12 +71,14 @@ class Outbox:
         reply_settings: Callable[[], ReplySettings],
         max_in_flight: int,
         on_fatal: Callable[[BaseException], None],
+        webhook_by_url: Callable[[str], WebhookConfig | None] = lambda _url: None,
     ) -> None:
         self._state = state
         self._callbacks = callbacks
         self._rest = rest
         self._metrics = metrics
         self._webhook = webhook
+        self._webhook_by_url = webhook_by_url
         self._reply_settings = reply_settings
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_fatal = on_fatal
@@ -130,7 +136,7 @@ class Outbox:
 
     async def _run_job(self, job: Job, committed: Awaitable[None]) -> None:
         await committed
-        webhook = self._webhook(job.webhook)
+        webhook = self._webhook_of(job)
         if job.stage == "deliver":
             webhook = self._still_configured(job)
         elif webhook is None:
@@ -175,10 +181,21 @@ class Outbox:
             outcome, error = history.FAILED, f"status {attempt.status}"
         await self._finish(job, outcome, attempt, error=error)
 
+    def _webhook_of(self, job: Job) -> WebhookConfig | None:
+        """The job's webhook: by name, or (renamed since the job was queued) by callback URL.
+
+        The job keeps its stored URL and body either way; the webhook found gives the
+        retries, timeout, signing secrets and reply settings.
+        """
+        by_name = self._webhook(job.webhook)
+        if by_name is not None and job.url in by_name.callback_urls:
+            return by_name
+        return self._webhook_by_url(job.url) or by_name
+
     def _still_configured(self, job: Job) -> WebhookConfig | None:
         """The job's webhook as configured now; None (logged, counted) when a reload removed
         the webhook or this callback URL from it: that URL gets no further traffic."""
-        webhook = self._webhook(job.webhook)
+        webhook = self._webhook_of(job)
         if webhook is not None and job.url in webhook.callback_urls:
             return webhook
         self.counters.dropped += 1
@@ -383,13 +400,41 @@ class Outbox:
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
     async def _usernames(self, response: dict[str, Any]) -> dict[str, str]:
-        """Usernames for the ``<@USERID>`` mentions in text and attachments (cached lookups)."""
+        """Usernames for the ``<@USERID>`` mentions in text and attachments.
+
+        Cached users first; the rest in one ``POST /users/ids`` of at most MAX_MENTIONS ids
+        (the first mentioned), so an answer full of mentions costs one call, not one each.
+        """
+        wanted = response_user_ids(response)
+        if not wanted:
+            return {}
         names: dict[str, str] = {}
-        for user_id in response_user_ids(response):
+        missing: list[str] = []
+        # In order of first mention, so the cap keeps the first ones.
+        for user_id in dict.fromkeys(_MENTION.findall(json.dumps(response))):
+            if user_id not in wanted:
+                continue
+            user = self._rest.cached_user(user_id)
+            if user is not None:
+                names[user_id] = user.username
+            else:
+                missing.append(user_id)
+        if len(missing) > MAX_MENTIONS:
+            log.warning(
+                "reply mentions %d users not known yet; looking up the first %d, the others "
+                "stay written <@ID>",
+                len(missing),
+                MAX_MENTIONS,
+            )
+            missing = missing[:MAX_MENTIONS]
+        if missing:
             try:
-                names[user_id] = (await self._rest.user(user_id)).username
+                for user in await self._rest.users_by_ids(missing):
+                    names[user.id] = user.username
+            except Unauthorized:
+                raise
             except MattermostError as exc:
-                log.debug("no username for <@%s>: %s", user_id, exc)
+                log.warning("no usernames for %d mentions: %s", len(missing), exc)
         return names
 
     def _check_props(self, created: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # A trigger regex search on one message may take this long (seconds) before it is abandoned:
 # the regex engine's own timeout, so that no pattern and no message can stall the event loop.
 REGEX_TIMEOUT = 0.05
+# All the trigger regex searches of one message together may take this long (seconds): with
+# many regex webhooks, one long message must not stall the event loop N × REGEX_TIMEOUT.
+REGEX_BUDGET = 0.2
 
 # Go's unicode.IsSpace (the White_Space property), which strings.Fields splits on.
 # Python's str.split() differs: it also splits on U+001C..U+001F.
@@ -92,8 +96,29 @@ class _Text:
         return self._folded
 
 
+class _Budget:
+    """The regex time left for one message; started by its first search."""
+
+    __slots__ = ("deadline", "skipped")
+
+    def __init__(self) -> None:
+        self.deadline = 0.0
+        self.skipped = 0  # regex webhooks not tried once the budget was spent
+
+    def left(self) -> float:
+        now = time.monotonic()
+        if not self.deadline:
+            self.deadline = now + REGEX_BUDGET
+        return self.deadline - now
+
+
 def _trigger(
-    webhook: WebhookConfig, message: str, word: str, literal: tuple[str, bool], text: _Text
+    webhook: WebhookConfig,
+    message: str,
+    word: str,
+    literal: tuple[str, bool],
+    text: _Text,
+    budget: _Budget,
 ) -> Match | None:
     matched = _word_trigger(webhook, word)
     if matched is not None:
@@ -102,8 +127,12 @@ def _trigger(
         needle, folded = literal
         if needle and needle not in (text.folded if folded else message):
             return None  # the regex needs this literal: no search can match
+        left = budget.left()
+        if left <= 0:
+            budget.skipped += 1
+            return None
         try:
-            m = webhook.trigger_regex.search(message, timeout=REGEX_TIMEOUT)
+            m = webhook.trigger_regex.search(message, timeout=min(REGEX_TIMEOUT, left))
         except TimeoutError:
             log.warning(
                 "webhook=%s: trigger_regex gave up after %.0f ms on a %d-character message; "
@@ -307,13 +336,23 @@ class RuleSet:
         word = first_word(message)
         matches: list[Match] = []
         text = _Text(message)
+        budget = _Budget()
         for pos in sorted(index.candidates(word, ctx.channel, text)):
             webhook = self._webhooks[pos]
             if not _channel_in_scope(webhook, ctx.channel, ctx.team):
                 continue
             if not _actor_in_scope(webhook, ctx):
                 continue
-            found = _trigger(webhook, message, word, self._literals[pos], text)
+            found = _trigger(webhook, message, word, self._literals[pos], text, budget)
             if found is not None:
                 matches.append(found)
+        if budget.skipped:
+            log.warning(
+                "post=%s: trigger regexes used up their %.0f ms budget on a %d-character "
+                "message; %d regex webhooks not tried (treated as no match)",
+                ctx.post.id,
+                REGEX_BUDGET * 1000,
+                len(message),
+                budget.skipped,
+            )
         return matches

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: delivery history (history_sqlite.py); a version-1 file is migrated
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints
 DB_NAME = "state.sqlite3"
+LOCK_NAME = "state.lock"  # flock'ed by the running daemon (not the database: others may read it)
+WRITE_RETRY_FOR = 60.0  # seconds a failing commit (disk full, I/O error) is retried before exit 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,7 +54,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 class StateError(Exception):
-    """The state file cannot be used; the message says what to do."""
+    """The state file cannot be used; the message says what to do (exit 78)."""
+
+
+class StateWriteError(StateError):
+    """Commits kept failing for WRITE_RETRY_FOR seconds (disk full, I/O error): exit 1, so
+    the service manager restarts the daemon, which catches up from what was committed."""
 
 
 @dataclass(slots=True)
@@ -109,8 +118,12 @@ class Snapshot:
 class State:
     """The SQLite file under ``state_dir`` and its writer thread."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, write_retry_for: float = WRITE_RETRY_FOR) -> None:
         self.path = state_dir / DB_NAME
+        self.write_retry_for = write_retry_for
+        # Called (on the loop) with the StateWriteError when a commit is finally given up.
+        self.on_write_failure: Callable[[BaseException], None] | None = None
+        self._lock_fd: int | None = None
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], asyncio.Future[None]] | None]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -124,49 +137,86 @@ class State:
 
     @staticmethod
     def reset(state_dir: Path) -> Path | None:
-        """Move an existing state file aside (never deleted); return where it went."""
+        """Move an existing state file aside (never deleted); return where it went.
+
+        Raises StateError when a running daemon holds the state_dir (never from under it).
+        """
         path = state_dir / DB_NAME
         if not path.exists():
             return None
-        aside = path.with_name(f"{DB_NAME}.reset-{time.strftime('%Y%m%dT%H%M%S')}")
-        path.rename(aside)
-        for suffix in ("-wal", "-shm"):
-            extra = path.with_name(DB_NAME + suffix)
-            if extra.exists():
-                extra.rename(aside.with_name(aside.name + suffix))
+        holder = State(state_dir)
+        holder._lock()
+        try:
+            aside = path.with_name(f"{DB_NAME}.reset-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                extra = path.with_name(DB_NAME + suffix)
+                if extra.exists():
+                    extra.rename(aside.with_name(aside.name + suffix))
+        finally:
+            holder._unlock()
         return aside
 
     def open(self) -> Snapshot:
-        """Open (or create) the file, check its schema, read it back. Blocking: call in a thread."""
+        """Lock, open (or create) the file, check its schema, read it back. Blocking: call in
+        a thread. Nothing is written to a file that is refused."""
+        state_dir = self.path.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not state_dir.exists():
+                state_dir.mkdir(mode=0o700, parents=True)
         except OSError as exc:
-            raise StateError(f"cannot create state_dir {self.path.parent}: {exc}") from exc
-        fresh = not self.path.exists()
+            raise StateError(f"cannot create state_dir {state_dir}: {exc}") from exc
+        self._warn_if_readable(state_dir)
+        self._lock()
+        try:
+            snapshot = self._open()
+        except BaseException:
+            self._unlock()
+            raise
+        return snapshot
+
+    def _open(self) -> Snapshot:
+        try:
+            # Owner-only (its -wal and -shm files follow): outbox rows hold webhook tokens.
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            else:
+                self._warn_if_readable(self.path)
+        except OSError as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc}") from exc
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # Read first, change nothing: a foreign or newer file is refused untouched.
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            version = self._check_schema(conn, tables) if tables else ""
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints (the only fsyncs in WAL + NORMAL) run in their own thread: done by
             # the writer at a commit, they would hold every delivery waiting for that commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.executescript(_SCHEMA + history_sqlite.SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is not None and row[0] == "1":
-                # 1 → 2 added the history tables, just created above; outbox rows are unchanged.
-                conn.execute(
-                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
-                )
-                log.info("state file %s: schema upgraded from version 1 to 2", self.path)
-            elif row is None:
+            if not tables:
+                conn.execute("BEGIN")
+                for statement in (_SCHEMA + history_sqlite.SCHEMA).split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif row[0] != str(SCHEMA_VERSION):
-                raise StateError(
-                    f"{self.path}: schema version {row[0]}, this mm-sidecar knows "
-                    f"{SCHEMA_VERSION}; run with --reset-state to move it aside and start afresh"
+                conn.execute("COMMIT")
+            elif version == "1":
+                # 1 → 2 added the history tables; outbox rows are unchanged.
+                conn.execute("BEGIN")
+                for statement in history_sqlite.SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
                 )
+                conn.execute("COMMIT")
+                log.info("state file %s: schema upgraded from version 1 to 2", self.path)
             cursors = dict(conn.execute("SELECT channel_id, create_at FROM cursor").fetchall())
             seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
             jobs = [
@@ -176,18 +226,78 @@ class State:
                     "FROM outbox WHERE stage != 'redeliver' ORDER BY created_at"
                 )  # rows queued by `redeliver` are claimed by the daemon's poller (redelivery.py)
             ]
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"state file {self.path} is unreadable ({exc}); "
-                "run with --reset-state to move it aside and start afresh"
-            ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StateError(
-                f"state file {self.path} holds a malformed outbox row ({exc}); "
-                "run with --reset-state to move it aside and start afresh"
-            ) from exc
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StateError(
+                    f"state file {self.path} is unreadable ({exc}); "
+                    "run with --reset-state to move it aside and start afresh"
+                ) from exc
+            if isinstance(exc, (ValueError, KeyError, TypeError)):
+                raise StateError(
+                    f"state file {self.path} holds a malformed outbox row ({exc}); "
+                    "run with --reset-state to move it aside and start afresh"
+                ) from exc
+            raise
         self._conn = conn
-        return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs)
+        return Snapshot(fresh=not tables, cursors=cursors, seen=seen, jobs=jobs)
+
+    def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> str:
+        """The file's schema version, when this mm-sidecar can use (or migrate) it."""
+        row = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise StateError(
+                f"{self.path} is not an mm-sidecar state file (no schema version); left "
+                "untouched: point state_dir elsewhere, or run with --reset-state to move it aside"
+            )
+        if row[0] not in ("1", str(SCHEMA_VERSION)):
+            raise StateError(
+                f"{self.path}: schema version {row[0]}, this mm-sidecar knows "
+                f"{SCHEMA_VERSION}; run with --reset-state to move it aside and start afresh"
+            )
+        return str(row[0])
+
+    @staticmethod
+    def _warn_if_readable(path: Path) -> None:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            log.warning(
+                "%s is readable by others (mode %o): it holds webhook tokens; chmod %s it",
+                path,
+                mode & 0o777,
+                "700" if path.is_dir() else "600",
+            )
+
+    def _lock(self) -> None:
+        """Take the state_dir's lock: one daemon per state_dir, or both would deliver all."""
+        path = self.path.with_name(LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the lock file {path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"state_dir {self.path.parent} is in use by another mm-sidecar (pid {holder}); "
+                "two daemons on one state_dir would both deliver every event"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def start_writer(self) -> None:
         """Start the writer and checkpoint threads; call from the loop that awaits writes."""
@@ -212,6 +322,7 @@ class State:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._unlock()
 
     # -- writes (each returns a future resolved after commit) ------------------------------
 
@@ -296,22 +407,39 @@ class State:
             stop = len(items) != len(batch)
             if not items:
                 continue
-            error: BaseException | None = None
+            rows = _Rows()
+            for op, args, _ in items:
+                getattr(rows, op)(*args)
+            error = self._commit(conn, rows)
+            # One wake-up of the event loop per transaction, not one per write.
+            loop.call_soon_threadsafe(_resolve, [f for _, _, f in items], error)
+            if error is not None and self.on_write_failure is not None:
+                loop.call_soon_threadsafe(self.on_write_failure, error)
+
+    def _commit(self, conn: sqlite3.Connection, rows: _Rows) -> StateWriteError | None:
+        """Commit, retrying with backoff for up to write_retry_for s (a full disk may be
+        freed meanwhile; the websocket keeps its position, later writes queue behind)."""
+        deadline = time.monotonic() + self.write_retry_for
+        delay = 0.05
+        while True:
             try:
-                rows = _Rows()
-                for op, args, _ in items:
-                    getattr(rows, op)(*args)
                 conn.execute("BEGIN")
                 rows.write(conn)
                 conn.execute("COMMIT")
                 self.commits += 1
-            except BaseException as exc:  # the failure is handed to every waiter
-                error = exc
-                log.error("state write failed: %s", exc)
+                return None
+            except Exception as exc:  # handed to every waiter, after the retries
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            # One wake-up of the event loop per transaction, not one per write.
-            loop.call_soon_threadsafe(_resolve, [f for _, _, f in items], error)
+                if not isinstance(exc, sqlite3.Error) or time.monotonic() + delay > deadline:
+                    log.error("state write failed: %s; giving up", exc)
+                    return StateWriteError(
+                        f"state writes to {self.path} kept failing for "
+                        f"{self.write_retry_for:.0f} s: {exc}"
+                    )
+                log.error("state write failed: %s; retrying in %.2f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 class _Rows:
@@ -403,14 +531,15 @@ class _Rows:
             conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+def _resolve(futures: list[asyncio.Future[None]], error: StateWriteError | None) -> None:
     for future in futures:
         if future.done():
             continue
         if error is None:
             future.set_result(None)
         else:
-            future.set_exception(StateError(f"state write failed: {error}"))
+            future.set_exception(error)
+            future.exception()  # retrieved: not every write is awaited (on_write_failure is)
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:

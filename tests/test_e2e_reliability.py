@@ -24,8 +24,9 @@ import pytest
 
 from harness import FAST, World, make_config, running, wait_until
 from sidecar.app import Sidecar
-from sidecar.dispatch import LOOKUP_ATTEMPTS
+from sidecar.dispatch import LOOKUP_ATTEMPTS, POSITION_KEY
 from sidecar.mattermost import Unauthorized
+from sidecar.state import State
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import ApiError, Post
 from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
@@ -216,22 +217,31 @@ async def test_1500_posts_in_a_gap_page_past_the_limit(
 async def test_posts_older_than_window_are_skipped_and_counted(
     world: World, cb: CallbackRecorder, tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
+    """A sidecar that began ten minutes ago (its saved start position) and was stopped since:
+    its catch-up reaches back only catch_up_window (60 s) and counts what it skips."""
     post = poster(world, world.dev)
     now = int(time.time() * 1000)
+    await save_start_position(tmp_path, now - 600_000)
     config = make_config(world, tmp_path, [every_dev_post(cb)], catch_up_window=60)
+    post("too old 1", create_at=now - 300_000)
+    post("too old 2", create_at=now - 120_000)
+    post("recent", create_at=now - 10_000)
     async with running(config):
-        post("old but live", create_at=now - 600_000)  # processed live: the cursor is old
         await cb.wait_for(1)
-        block_websocket(world.mm)
-        await world.mm.restart()
-        post("too old 1", create_at=now - 300_000)
-        post("too old 2", create_at=now - 120_000)
-        post("recent", create_at=now - 10_000)
+        post("old but live", create_at=now - 600_000)  # live posts fire whatever their stamp
         post("new")
-        unblock(world.mm)
         await settle(cb, 3)
-    assert texts(cb) == Counter(["old but live", "recent", "new"])
+    assert texts(cb) == Counter(["recent", "old but live", "new"])
     assert "catch-up skipped 2 posts older than catch_up_window (60 s)" in logs.text
+
+
+async def save_start_position(state_dir: Path, position: int) -> None:
+    """A state file as a sidecar first started at ``position`` (ms) leaves it."""
+    state = State(state_dir)
+    await asyncio.to_thread(state.open)
+    state.start_writer()
+    await state.processed(POSITION_KEY, position, [], position)
+    await state.close()
 
 
 # -- Mattermost's REST failing meanwhile: wait and try again, never skip ----------------------
@@ -424,9 +434,9 @@ async def test_same_millisecond_across_a_gap(
     world: World, cb: CallbackRecorder, tmp_path: Path
 ) -> None:
     post = poster(world, world.dev)
-    at = int(time.time() * 1000) - 1000
     config = make_config(world, tmp_path, [every_dev_post(cb)])
     async with running(config):
+        at = int(time.time() * 1000)  # after the first start: not history
         post("first", create_at=at)
         await cb.wait_for(1)
         block_websocket(world.mm)
@@ -441,9 +451,9 @@ async def test_same_millisecond_across_a_sidecar_restart(
     world: World, cb: CallbackRecorder, tmp_path: Path
 ) -> None:
     post = poster(world, world.dev)
-    at = int(time.time() * 1000) - 1000
     config = make_config(world, tmp_path, [every_dev_post(cb)])
     async with running(config):
+        at = int(time.time() * 1000)  # after the first start: not history
         post("first", create_at=at)
         await cb.wait_for(1)
         await asyncio.sleep(0.1)

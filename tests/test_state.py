@@ -70,8 +70,10 @@ def test_corrupt_file_is_an_error_with_a_way_out(tmp_path: Path) -> None:
     assert State(tmp_path).open().fresh
 
 
-def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
-    State(tmp_path).open()
+async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    first = State(tmp_path)
+    first.open()
+    await first.close()
     conn = sqlite3.connect(tmp_path / DB_NAME)
     conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.commit()

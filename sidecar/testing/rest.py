@@ -52,6 +52,7 @@ class RestApi:
             web.get(f"{api}/system/ping", self.system_ping),
             web.get(f"{api}/config/client", self.client_config),
             web.get(f"{api}/users/username/{{username}}", self.user_by_name),
+            web.post(f"{api}/users/ids", self.users_by_ids),
             web.get(f"{api}/users/{{user_id}}", self.get_user),
             web.get(f"{api}/users/{{user_id}}/teams", self.user_teams),
             web.get(f"{api}/users/{{user_id}}/teams/{{team_id}}/channels", self.user_channels),
@@ -198,6 +199,19 @@ class RestApi:
         """``GET /users/{id}`` (``me`` allowed)."""
         me = self.session(request)
         return json_response(self.store.user(self.user_param(request, me)).to_json())
+
+    async def users_by_ids(self, request: web.Request) -> web.StreamResponse:
+        """``POST /users/ids``: a JSON array of ids in, the users found out (unknown ids are
+        left out; an empty or non-array body is a 400)."""
+        self.session(request)
+        try:
+            ids = json.loads(await request.read() or b"null")
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "api.context.invalid_body_param.app_error", "Invalid user_ids.")
+        users = self.store.users
+        return json_response([users[i].to_json() for i in dict.fromkeys(ids) if i in users])
 
     async def user_by_name(self, request: web.Request) -> web.StreamResponse:
         """``GET /users/username/{name}``."""
