@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from tests.conftest import World
-from tests.emulator_ws_helpers import connect, hello, raw, recv
+from tests.emulator_helpers import connect, hello, raw, recv
 
 
 def compact(value: Any) -> str:

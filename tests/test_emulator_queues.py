@@ -7,7 +7,7 @@ from __future__ import annotations
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.hub import broadcast
 from tests.conftest import World, build_world
-from tests.emulator_ws_helpers import connect, dropped, hello, message, recv
+from tests.emulator_helpers import connect, dropped, hello, message, recv
 
 
 async def test_events_queued_while_disconnected_are_numbered_when_sent() -> None:

@@ -11,7 +11,7 @@ from harness import wait_until
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import new_id
 from tests.conftest import World, build_world
-from tests.emulator_ws_helpers import connect, dropped, hello, message, recv
+from tests.emulator_helpers import connect, dropped, hello, message, recv
 
 
 async def test_too_old_gets_a_new_hello_then_the_still_queued_events() -> None:

@@ -12,7 +12,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import World
-from tests.emulator_ws_helpers import anonymous, hello, recv
+from tests.emulator_helpers import anonymous, hello, recv
 
 
 def challenge(token: str, seq: Any) -> str:

@@ -1,4 +1,4 @@
-"""Websocket helpers shared by the emulator's websocket tests."""
+"""Helpers shared by the emulator's tests: REST calls and websocket clients."""
 
 from __future__ import annotations
 
@@ -6,10 +6,35 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import World
+
+ERROR_KEYS = ["id", "message", "detailed_error", "request_id", "status_code"]
+
+
+async def call(
+    world: World,
+    method: str,
+    path: str,
+    *,
+    user: str | None = "sidecar-bot",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    cookies: dict[str, str] | None = None,
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    """One REST call (``path`` under the emulator); returns (status, JSON or text, response)."""
+    hdrs = dict(world.auth(user)) if user else {}
+    hdrs.update(headers or {})
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as session,
+        session.request(method, world.mm.url + path, json=body, headers=hdrs) as resp,
+    ):
+        text = await resp.text()
+        data = json.loads(text) if resp.content_type == "application/json" else text
+        return resp.status, data, resp
 
 
 async def connect(world: World, user: str = "sidecar-bot", **query: Any) -> ClientConnection:
