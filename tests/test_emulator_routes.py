@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from sidecar.testing.emulator import Emulator
 from sidecar.testing.rest import emulated_routes
+from sidecar.testing.seed import apply_seed
 from tests.conftest import World
 from tests.emulator_helpers import ERROR_KEYS, call, hello
 
@@ -103,6 +106,17 @@ async def test_login_with_username_and_password(emulator: World) -> None:
     assert (status, err["id"]) == (401, "api.user.login.invalid_credentials_email_username")
     bot = {"login_id": "sidecar-bot", "password": ""}
     assert (await call(w, "POST", "/api/v4/users/login", user=None, body=bot))[0] == 401
+
+
+async def test_seeded_users_log_in_with_their_password() -> None:
+    seed = {"users": [{"username": "somename", "password": "Some-pass-1"}]}
+    async with Emulator() as mm:
+        apply_seed(mm, seed)
+        url = f"{mm.url}/api/v4/users/login"
+        body = {"login_id": "somename", "password": "Some-pass-1"}
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            assert resp.status == 200 and (await resp.json())["username"] == "somename"
+            assert len(resp.headers["Token"]) == 26
 
 
 @pytest.mark.parametrize(

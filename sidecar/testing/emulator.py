@@ -58,7 +58,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.testing.control import ControlApi
-from sidecar.testing.faults import Failures
+from sidecar.testing.faults import Failures, FaultInjection
 from sidecar.testing.hub import (
     DEAD_QUEUE_SIZE,
     REAP_AFTER,
@@ -88,7 +88,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
-class Emulator:
+class Emulator(FaultInjection):
     """The emulated Mattermost server; see the module docstring."""
 
     def __init__(
@@ -388,42 +388,6 @@ class Emulator:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-    # -- fault injection --------------------------------------------------------------------
-
-    async def drop_websockets(self) -> None:
-        """Cut every socket abruptly; connection state stays, so a resume replays."""
-        await self.hub.drop(forget=False)
-
-    async def restart(self) -> None:
-        """Cut every socket and forget every connection: resumes get a new hello."""
-        await self.hub.drop(forget=True)
-
-    def fail_next(
-        self, n: int, status: int, *, method: str | None = None, path_prefix: str | None = None
-    ) -> None:
-        """The next ``n`` matching REST calls answer ``status`` with a JSON error body.
-
-        ``path_prefix`` is a full path (``/api/v4/posts``) or relative to ``/api/v4``. The
-        websocket upgrade is matched only when ``path_prefix`` names it.
-        """
-        self.failures.add(n, status, method, path_prefix)
-
-    def inject_frame(self, raw: str | bytes) -> None:
-        """Send a raw websocket message (text, or binary for bytes) to every live socket.
-
-        Exactly as given, with no sequence number and no replay: for tests of hostile input.
-        A numbered event with any ``data`` is ``hub.publish(event, data, broadcast(), users)``.
-        """
-        self.hub.inject(raw)
-
-    def clear_failures(self) -> None:
-        """Forget every scripted failure not consumed yet (the server is healthy again)."""
-        self.failures = Failures()
-
-    def delay_responses(self, seconds: float) -> None:
-        """Delay every REST response by ``seconds`` (0 turns it off)."""
-        self.response_delay = max(0.0, seconds)
 
 
 __all__ = ["DEFAULT_SETTINGS", "ApiError", "Emulator"]
