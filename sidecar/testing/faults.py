@@ -103,6 +103,11 @@ class FaultInjection:
         """Cut every socket and forget every connection: resumes get a new hello."""
         await self.hub.drop(forget=True)
 
+    def black_hole_websockets(self, on: bool = True) -> None:
+        """While on, events are written (numbered, kept in the dead queue) but never arrive:
+        a network that loses what the server sent, so a later resume can be too old."""
+        self.hub.black_hole = on
+
     def fail_next(
         self, n: int, status: int, *, method: str | None = None, path_prefix: str | None = None
     ) -> None:

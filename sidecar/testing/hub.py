@@ -153,6 +153,7 @@ class Hub:
         self.reap_after = reap_after
         self.reap_every = reap_every
         self.send_queue_size = SEND_QUEUE_SIZE
+        self.black_hole = False  # events are numbered and dead-queued but never arrive
         self.connections: dict[str, Connection] = {}
         self.sockets: set[Socket] = set()
         self._reaper: asyncio.Task[None] | None = None

@@ -84,7 +84,7 @@ async def handle_websocket(emu: Emulator, request: web.Request) -> web.StreamRes
 
 async def _serve(emu: Emulator, sock: Socket) -> None:
     tasks = [
-        asyncio.create_task(_writer(sock), name="emulator-ws-writer"),
+        asyncio.create_task(_writer(emu.hub, sock), name="emulator-ws-writer"),
         asyncio.create_task(_keepalive(emu, sock), name="emulator-ws-keepalive"),
     ]
     if sock.conn is None:
@@ -97,7 +97,7 @@ async def _serve(emu: Emulator, sock: Socket) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _writer(sock: Socket) -> None:
+async def _writer(hub: Hub, sock: Socket) -> None:
     try:
         while True:
             item = await sock.queue.get()
@@ -107,7 +107,8 @@ async def _writer(sock: Socket) -> None:
                     frame = conn.next_frame()
                     if frame is None:
                         break
-                    await sock.ws.send_str(frame)
+                    if not hub.black_hole:  # else: written, lost on the way
+                        await sock.ws.send_str(frame)
             elif isinstance(item, bytes):
                 await sock.ws.send_bytes(item)
             elif isinstance(item, str):
