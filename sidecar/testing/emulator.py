@@ -1,9 +1,11 @@
 """A Mattermost server in one process, for tests, ``demo`` and people testing their callbacks.
 
-It reproduces what /work/shared/docs/mattermost-reference.md §4–§5 describes: REST under
-``/api/v4`` with bearer tokens, the websocket with hello, per-connection sequence numbers,
-resume and ping liveness, and the ``posted``/``post_edited``/``reaction_added``/
-``post_deleted``/``channel_updated`` events shaped byte for byte like the real server's.
+It reproduces what mattermost-reference.md §4–§6 (read from the server's source) describes:
+REST under ``/api/v4`` with header, cookie or login sessions (sidecar.testing.rest), the
+websocket with hello, send and dead queues, the server's resume rules, the router's client
+actions and ping liveness (sidecar.testing.websocket, sidecar.testing.hub), and the
+``posted``/``post_edited``/``reaction_added``/``post_deleted``/``channel_updated`` events
+shaped byte for byte like the real server's (sidecar.testing.posted).
 
 Use it in-process::
 
@@ -14,8 +16,8 @@ Use it in-process::
         mm.post(user_id, channel_id, "#build now")     # as that user; emits `posted`
         replies = await mm.wait_for_posts(channel_id, 2)
 
-Test control methods are synchronous and run on the event loop; emitting an event queues
-frames to live sockets (and to the replay buffers of disconnected connections). They apply
+Test control methods are synchronous and run on the event loop; emitting an event queues it
+for every connection of its recipients, live or waiting for a resume. They apply
 the server's rules and raise `ApiError` where the server would refuse, except that `post`
 accepts any post ``type`` (system messages are made by the server itself) and an explicit
 ``create_at``.
