@@ -151,6 +151,7 @@ def mattermost_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where
 
 
+@pytest.mark.timeout(300)  # the first use installs the client from the npm registry
 async def test_official_javascript_client(emulator: World, mattermost_js: Path) -> None:
     w = emulator
     node = shutil.which("node")

@@ -90,7 +90,7 @@ class RestBase:
             raise ApiError(400, "api.context.invalid_body_param.app_error", "Invalid body.")
         return value
 
-    def post_list(self, listing: PostList) -> web.Response:
+    def listing_response(self, listing: PostList) -> web.Response:
         """A PostList as the server renders it."""
         return json_response(
             {
@@ -103,6 +103,6 @@ class RestBase:
             }
         )
 
-    def order_and_posts(self, order: list[str], posts: dict[str, Post]) -> web.Response:
+    def post_list(self, order: list[str], posts: dict[str, Post]) -> web.Response:
         """A PostList without cursors (``since``, threads)."""
-        return self.post_list(PostList(order, posts))
+        return self.listing_response(PostList(order, posts))

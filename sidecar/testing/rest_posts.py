@@ -38,10 +38,8 @@ class PostRoutes(RestBase):
         collapsed = query.get("collapsedThreads") == "true"
         if since > 0:
             if collapsed:
-                return self.order_and_posts(
-                    *self.store.posts_since(channel.id, since, collapsed=True)
-                )
-            return self.order_and_posts(*self.store.posts_since(channel.id, since))
+                return self.post_list(*self.store.posts_since(channel.id, since, collapsed=True))
+            return self.post_list(*self.store.posts_since(channel.id, since))
         for key, before in (("after", False), ("before", True)):
             anchor = query.get(key, "")
             if anchor:
@@ -54,8 +52,8 @@ class PostRoutes(RestBase):
                     per_page=per_page,
                     collapsed=collapsed,
                 )
-                return self.post_list(listing)
-        return self.post_list(posts_page(self.store, channel.id, page, per_page, collapsed))
+                return self.listing_response(listing)
+        return self.listing_response(posts_page(self.store, channel.id, page, per_page, collapsed))
 
     async def create_post(self, request: web.Request) -> web.StreamResponse:
         """``POST /posts`` → 201; see Store.create_post for the server's checks."""
@@ -95,7 +93,7 @@ class PostRoutes(RestBase):
             raise ApiError(404, "app.post.get.app_error", "Unable to get the post.")
         thread = [root, *(p for p in self.store.replies(root.id) if not p.delete_at)]
         thread.sort(key=lambda p: (p.create_at, p.order), reverse=True)
-        return self.order_and_posts([p.id for p in thread], {p.id: p for p in thread})
+        return self.post_list([p.id for p in thread], {p.id: p for p in thread})
 
     async def post_reactions(self, request: web.Request) -> web.StreamResponse:
         """``GET /posts/{id}/reactions``: the post's reactions (``[]`` when none)."""
