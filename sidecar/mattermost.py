@@ -33,6 +33,10 @@ def local_now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The error id of GET /users/{id}/teams/{id}/channels for a user with no channel there.
+NO_CHANNELS_ERROR = "app.channel.get_channels.not_found.app_error"
+
+
 class MattermostError(Exception):
     """The server refused a call or answered something we cannot use."""
 
@@ -314,8 +318,17 @@ class RestClient:
         return await self._channels.get(channel_id, load)
 
     async def my_channels(self, team_id: str) -> list[Channel]:
-        """The bot's channels in a team (the server adds its direct and group channels)."""
-        data = await self.call("GET", f"/users/me/teams/{team_id}/channels")
+        """The bot's channels in a team (the server adds its direct and group channels).
+
+        The server answers 404 ``app.channel.get_channels.not_found.app_error`` when there
+        are none: that is an empty list, not an error.
+        """
+        try:
+            data = await self.call("GET", f"/users/me/teams/{team_id}/channels")
+        except MattermostError as exc:
+            if exc.status == 404 and exc.error_id == NO_CHANNELS_ERROR:
+                return []
+            raise
         if not isinstance(data, list):
             raise BadAnswer("GET channels for user: expected a list")
         channels = [_parse(Channel.from_dict, c, "channel") for c in data]

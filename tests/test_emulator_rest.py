@@ -360,9 +360,9 @@ async def test_delay_responses(emulator: World) -> None:
     assert (await call(w, "GET", "/api/v4/users/me"))[0] == 200
 
 
-async def test_unknown_route_is_json_404(emulator: World) -> None:
+async def test_unknown_route_is_json_501(emulator: World) -> None:
     status, err, _ = await call(emulator, "GET", "/api/v4/no/such/thing")
-    assert status == 404 and list(err) == ERROR_KEYS
+    assert status == 501 and list(err) == ERROR_KEYS
 
 
 async def test_mattermostdriver_logs_in_and_posts(emulator: World) -> None:

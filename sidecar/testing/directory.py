@@ -23,6 +23,8 @@ class Directory:
         self.tokens: dict[str, str] = {}
         self.teams: dict[str, Team] = {}
         self.channels: dict[str, Channel] = {}
+        self.passwords: dict[str, str] = {}  # by user id
+        self.csrf: dict[str, str] = {}  # CSRF token by session token (logins)
 
     def add_user(self, username: str, *, is_bot: bool = False) -> User:
         """Create a user; usernames are lower-cased like the server does."""
@@ -45,6 +47,12 @@ class Directory:
             raise ValueError("that token belongs to another user")
         self.tokens[token] = user_id
         return token
+
+    def set_password(self, user_id: str, password: str) -> None:
+        """Let the user log in with ``password`` (bots cannot log in with one)."""
+        if self.user(user_id).is_bot:
+            raise ValueError("bots have no password")
+        self.passwords[user_id] = password
 
     def user(self, user_id: str) -> User:
         """The user, or 404."""

@@ -1,9 +1,11 @@
 """A Mattermost server in one process, for tests, ``demo`` and people testing their callbacks.
 
-It reproduces what /work/shared/docs/mattermost-reference.md §4–§5 describes: REST under
-``/api/v4`` with bearer tokens, the websocket with hello, per-connection sequence numbers,
-resume and ping liveness, and the ``posted``/``post_edited``/``reaction_added``/
-``post_deleted``/``channel_updated`` events shaped byte for byte like the real server's.
+It reproduces what mattermost-reference.md §4–§6 (read from the server's source) describes:
+REST under ``/api/v4`` with header, cookie or login sessions (sidecar.testing.rest), the
+websocket with hello, send and dead queues, the server's resume rules, the router's client
+actions and ping liveness (sidecar.testing.websocket, sidecar.testing.hub), and the
+``posted``/``post_edited``/``reaction_added``/``post_deleted``/``channel_updated`` events
+shaped byte for byte like the real server's (sidecar.testing.posted).
 
 Use it in-process::
 
@@ -14,8 +16,8 @@ Use it in-process::
         mm.post(user_id, channel_id, "#build now")     # as that user; emits `posted`
         replies = await mm.wait_for_posts(channel_id, 2)
 
-Test control methods are synchronous and run on the event loop; emitting an event queues
-frames to live sockets (and to the replay buffers of disconnected connections). They apply
+Test control methods are synchronous and run on the event loop; emitting an event queues it
+for every connection of its recipients, live or waiting for a resume. They apply
 the server's rules and raise `ApiError` where the server would refuse, except that `post`
 accepts any post ``type`` (system messages are made by the server itself) and an explicit
 ``create_at``.
@@ -26,13 +28,17 @@ Choices where the real server is loose or the emulator simplifies:
   server's SQL takes 1000 in no stated order); edits leave a deleted copy with
   ``original_id`` (the server's edit history), which ``since`` returns, as the server does;
   a reply moves its root's ``update_at``; a reaction moves the post's ``update_at``.
-* ``GET /users/{id}/teams/{team_id}/channels`` includes the user's direct and group
-  channels, as the server's query does (``TeamId = ? OR TeamId = ''``).
 * Users' JSON omits ``is_bot`` when false (Go's ``omitempty``).
-* Resuming with ``sequence_number=0`` replays from the hello; adding a member posts no system
-  message; a disconnected connection is kept 300 s (``hub.resume_window``).
+* The websocket follows the server's web_conn.go (sidecar.testing.hub): events are numbered
+  when written, wait in a 256-slot send queue while disconnected, and the last 128 written
+  stay in the dead queue for a resume. The reaper forgets an inactive connection idle
+  ``reap_after`` s (300), checked every ``reap_every`` s (300); idle counts from the
+  disconnect. Adding a member posts no system message.
+* A thread's followers (``posted``'s ``followers``) are its root's author and its repliers;
+  a file is an image when its name (`create_file`) has an image extension.
 * The websocket upgrade is not in ``rest_calls``, is not delayed by ``delay_responses``, and
   ``fail_next`` fails it only when ``path_prefix`` names it; the rate limiter counts it.
+* Every ``/api/v4`` route not emulated answers 501 ``emulator.not_implemented``.
 
 Run as a process, ``python -m sidecar.testing [--port N] [--seed FILE]`` (the seed format is in
 sidecar.testing.seed) serves the same emulator plus a small HTTP control surface under
@@ -46,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -54,11 +61,19 @@ from aiohttp import web
 
 from sidecar import compat
 from sidecar.testing.control import ControlApi
-from sidecar.testing.faults import Failures
+from sidecar.testing.faults import Failures, FaultInjection
+from sidecar.testing.hub import (
+    DEAD_QUEUE_SIZE,
+    REAP_AFTER,
+    REAP_EVERY,
+    Connection,
+    Hub,
+    broadcast,
+)
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, now_ms
+from sidecar.testing.posted import publish_posted
 from sidecar.testing.rest import RestApi
 from sidecar.testing.store import Store
-from sidecar.testing.websocket import Hub, broadcast
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +83,15 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "RateLimitEnable": False,
     "RateLimitPerSec": 10,
     "RateLimitMaxBurst": 100,
+    "RateLimitVaryByRemoteAddr": True,
+    "RateLimitVaryByUser": False,
+    "RateLimitVaryByHeader": "",
     "MaxPostSize": 16383,
     "ExperimentalEnableHardenedMode": False,
 }
 
 
-class Emulator:
+class Emulator(FaultInjection):
     """The emulated Mattermost server; see the module docstring."""
 
     def __init__(
@@ -84,9 +102,12 @@ class Emulator:
         ping_interval: float = 60.0,
         pong_timeout: float = 100.0,
         auth_timeout: float = 5.0,
-        buffer_size: int = 128,
+        buffer_size: int = DEAD_QUEUE_SIZE,
+        reap_after: float = REAP_AFTER,
+        reap_every: float = REAP_EVERY,
         settings: dict[str, Any] | None = None,
         server_version: str = "10.5.0",
+        server_hostname: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -94,8 +115,14 @@ class Emulator:
         self.pong_timeout = pong_timeout
         self.auth_timeout = auth_timeout
         self.server_version = server_version
+        self.server_hostname = socket.gethostname() if server_hostname is None else server_hostname
         self.store = Store({**DEFAULT_SETTINGS, **(settings or {})})
-        self.hub = Hub(buffer_size=buffer_size, server_version=self._hello_version)
+        self.hub = Hub(
+            dead_size=buffer_size,
+            hello_data=self._hello_data,
+            reap_after=reap_after,
+            reap_every=reap_every,
+        )
         self.answer_pings = True
         self.rest_calls: list[tuple[str, str]] = []
         self.response_delay = 0.0
@@ -114,10 +141,12 @@ class Emulator:
         app = web.Application(middlewares=[rest.middleware])
         app.add_routes(ControlApi(self).routes())
         app.add_routes(rest.routes())
+        app.add_routes(rest.catch_all())  # after every route, whoever added it
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
+        self.hub.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
         self.url = f"http://{self.host}:{self.port}"
@@ -158,8 +187,12 @@ class Emulator:
         digest = hashlib.sha256(go_json(self.settings).encode()).hexdigest()[:32]
         return f"{self.server_version}.{self.server_version}.{digest}.false"
 
-    def _hello_version(self) -> str:
-        return self.version_id
+    def _hello_data(self, conn: Connection) -> dict[str, Any]:
+        return {
+            "connection_id": conn.id,
+            "server_hostname": self.server_hostname,
+            "server_version": self.version_id,
+        }
 
     @property
     def connections(self) -> int:
@@ -168,9 +201,19 @@ class Emulator:
 
     # -- users, teams, channels -------------------------------------------------------------
 
-    def create_user(self, username: str, *, is_bot: bool = False) -> dict[str, Any]:
-        """Create a user (or bot); returns its JSON."""
-        return self.store.add_user(username, is_bot=is_bot).to_json()
+    def create_user(
+        self, username: str, *, is_bot: bool = False, password: str | None = None
+    ) -> dict[str, Any]:
+        """Create a user (or bot); returns its JSON. With ``password`` (not for bots) the
+        user can ``POST /users/login``."""
+        user = self.store.add_user(username, is_bot=is_bot)
+        if password is not None:
+            self.store.set_password(user.id, password)
+        return user.to_json()
+
+    def create_file(self, name: str) -> str:
+        """A file id for an uploaded file named ``name``; ``posted`` marks images by name."""
+        return self.store.add_file(name)
 
     def create_token(self, user_id: str) -> str:
         """A new access token for that user."""
@@ -284,46 +327,9 @@ class Emulator:
             check_type=check_type,
         )
         if not duplicate:
-            self._publish_posted(post, set_online)
+            publish_posted(self.hub, self.store, post, set_online)
             self._notify()
         return post
-
-    def _publish_posted(self, post: Post, set_online: bool) -> None:
-        store = self.store
-        channel = store.channels[post.channel_id]
-        sender = store.users[post.user_id]
-        if channel.type == "D":
-            display = f"@{sender.username}"
-        elif channel.type == "G":
-            display = ", ".join(sorted(store.users[u].username for u in channel.members))
-        else:
-            display = channel.display_name
-        data: dict[str, Any] = {
-            "channel_display_name": display,
-            "channel_name": channel.name,
-            "channel_type": channel.type,
-            "post": go_json(store.post_json(post)),
-            "sender_name": self._sender_name(post, sender.username, channel.type),
-            "set_online": set_online,
-            "team_id": channel.team_id,
-        }
-        mentions = store.mentions(post, channel)
-        if mentions:
-            data["mentions"] = go_json(mentions)
-        self.hub.publish("posted", data, broadcast(channel_id=channel.id), channel.members)
-
-    def _sender_name(self, post: Post, username: str, channel_type: str) -> str:
-        if post.type.startswith("system_"):
-            return "System"
-        override = post.props.get("override_username")
-        if (
-            self.settings.get("EnablePostUsernameOverride")
-            and channel_type != "D"
-            and post.props.get("from_webhook") == "true"
-            and isinstance(override, str)
-        ):
-            return override
-        return f"@{username}"
 
     def edit(
         self, post_id: str, message: str, *, props: dict[str, Any] | None = None
@@ -385,42 +391,6 @@ class Emulator:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-    # -- fault injection --------------------------------------------------------------------
-
-    async def drop_websockets(self) -> None:
-        """Cut every socket abruptly; connection state stays, so a resume replays."""
-        await self.hub.drop(forget=False)
-
-    async def restart(self) -> None:
-        """Cut every socket and forget every connection: resumes get a new hello."""
-        await self.hub.drop(forget=True)
-
-    def fail_next(
-        self, n: int, status: int, *, method: str | None = None, path_prefix: str | None = None
-    ) -> None:
-        """The next ``n`` matching REST calls answer ``status`` with a JSON error body.
-
-        ``path_prefix`` is a full path (``/api/v4/posts``) or relative to ``/api/v4``. The
-        websocket upgrade is matched only when ``path_prefix`` names it.
-        """
-        self.failures.add(n, status, method, path_prefix)
-
-    def inject_frame(self, raw: str | bytes) -> None:
-        """Send a raw websocket message (text, or binary for bytes) to every live socket.
-
-        Exactly as given, with no sequence number and no replay: for tests of hostile input.
-        A numbered event with any ``data`` is ``hub.publish(event, data, broadcast(), users)``.
-        """
-        self.hub.inject(raw)
-
-    def clear_failures(self) -> None:
-        """Forget every scripted failure not consumed yet (the server is healthy again)."""
-        self.failures = Failures()
-
-    def delay_responses(self, seconds: float) -> None:
-        """Delay every REST response by ``seconds`` (0 turns it off)."""
-        self.response_delay = max(0.0, seconds)
 
 
 __all__ = ["DEFAULT_SETTINGS", "ApiError", "Emulator"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.testing.hub import Hub
 
 WEBSOCKET_PATH = "/api/v4/websocket"
 
@@ -82,3 +86,50 @@ class Failures:
             self._rules = [f for f in self._rules if f.remaining > 0]
             return rule.status
         return None
+
+
+class FaultInjection:
+    """The emulator's fault-injection methods (mixed into `Emulator`)."""
+
+    hub: Hub
+    failures: Failures
+    response_delay: float
+
+    async def drop_websockets(self) -> None:
+        """Cut every socket abruptly; connection state stays, so a resume replays."""
+        await self.hub.drop(forget=False)
+
+    async def restart(self) -> None:
+        """Cut every socket and forget every connection: resumes get a new hello."""
+        await self.hub.drop(forget=True)
+
+    def black_hole_websockets(self, on: bool = True) -> None:
+        """While on, events are written (numbered, kept in the dead queue) but never arrive:
+        a network that loses what the server sent, so a later resume can be too old."""
+        self.hub.black_hole = on
+
+    def fail_next(
+        self, n: int, status: int, *, method: str | None = None, path_prefix: str | None = None
+    ) -> None:
+        """The next ``n`` matching REST calls answer ``status`` with a JSON error body.
+
+        ``path_prefix`` is a full path (``/api/v4/posts``) or relative to ``/api/v4``. The
+        websocket upgrade is matched only when ``path_prefix`` names it.
+        """
+        self.failures.add(n, status, method, path_prefix)
+
+    def inject_frame(self, raw: str | bytes) -> None:
+        """Send a raw websocket message (text, or binary for bytes) to every live socket.
+
+        Exactly as given, with no sequence number and no replay: for tests of hostile input.
+        A numbered event with any ``data`` is ``hub.publish(event, data, broadcast(), users)``.
+        """
+        self.hub.inject(raw)
+
+    def clear_failures(self) -> None:
+        """Forget every scripted failure not consumed yet (the server is healthy again)."""
+        self.failures = Failures()
+
+    def delay_responses(self, seconds: float) -> None:
+        """Delay every REST response by ``seconds`` (0 turns it off)."""
+        self.response_delay = max(0.0, seconds)

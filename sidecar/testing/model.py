@@ -87,6 +87,23 @@ def forbidden() -> ApiError:
     )
 
 
+# A new user's notification settings, as the server's SetDefaultNotifications leaves them.
+NOTIFY_PROPS = {
+    "channel": "true",
+    "comments": "never",
+    "desktop": "mention",
+    "desktop_sound": "true",
+    "desktop_threads": "all",
+    "email": "true",
+    "email_threads": "all",
+    "first_name": "false",
+    "mention_keys": "",
+    "push": "mention",
+    "push_status": "online",
+    "push_threads": "all",
+}
+
+
 @dataclass(slots=True)
 class User:
     """A user account; bots are users with ``is_bot``."""
@@ -97,7 +114,8 @@ class User:
     create_at: int
 
     def to_json(self) -> dict[str, Any]:
-        """The user as ``GET /users/{id}`` returns it (``is_bot`` is omitted when false)."""
+        """The user as ``GET /users/{id}`` returns it (``is_bot`` is omitted when false; every
+        user, bots too, has ``notify_props``)."""
         d: dict[str, Any] = {
             "id": self.id,
             "create_at": self.create_at,
@@ -107,11 +125,15 @@ class User:
             "auth_data": "",
             "auth_service": "",
             "email": f"{self.username}@example.com",
+            "email_verified": True,
             "nickname": "",
             "first_name": "",
             "last_name": "",
             "position": "",
             "roles": "system_user",
+            "props": {},
+            "notify_props": dict(NOTIFY_PROPS),
+            "last_password_update": self.create_at,
             "locale": "en",
             "timezone": {
                 "automaticTimezone": "",

@@ -8,6 +8,7 @@ A seed file is TOML (or JSON when its name ends in ``.json``) with these tables,
     [[users]]
     username = "somename"
     token = "…"                       # optional fixed token; one is generated when absent
+    password = "…"                    # optional (users only): log in with POST /users/login
 
     [[bots]]                          # like users, with is_bot
     username = "sidecar-bot"
@@ -183,7 +184,8 @@ def apply_seed(emu: Emulator, seed: dict[str, Any]) -> dict[str, str]:
     tokens: dict[str, str] = {}
     for key, is_bot in (("users", False), ("bots", True)):
         for entry in seed.get(key, []):
-            user = emu.create_user(str(entry["username"]), is_bot=is_bot)
+            password = entry.get("password")  # users only: POST /users/login
+            user = emu.create_user(str(entry["username"]), is_bot=is_bot, password=password)
             ids[user["username"]] = user["id"]
             token = emu.store.add_token(user["id"], entry.get("token"))
             tokens[user["username"]] = token

@@ -44,6 +44,7 @@ class Store(Directory):
         self._pending: dict[str, tuple[str, float]] = {}
         self._replies: dict[str, list[Post]] = {}
         self._counter = itertools.count()
+        self.files: dict[str, str] = {}
 
     def post(self, post_id: str) -> Post:
         """The post (deleted ones too), or 404."""
@@ -213,6 +214,10 @@ class Store(Directory):
         for target in targets:
             if not target.delete_at:
                 target.delete_at = target.update_at = now
+        if post.root_id and post.root_id in self.posts:
+            # The server moves the thread root's update_at when one of its replies goes.
+            root = self.posts[post.root_id]
+            root.update_at = max(root.update_at, now)
         post.props["deleteBy"] = deleted_by
         return post
 
@@ -241,17 +246,25 @@ class Store(Directory):
         posts = [self.posts[i] for i in ids if not self.posts[i].original_id]
         return sorted(posts, key=lambda p: (p.create_at, p.order))
 
-    def posts_since(self, channel_id: str, since: int) -> tuple[list[str], dict[str, Post]]:
+    def posts_since(
+        self, channel_id: str, since: int, *, collapsed: bool = False
+    ) -> tuple[list[str], dict[str, Post]]:
         """``GET /channels/{id}/posts?since=``: see sqlstore GetPostsSince.
 
         The server takes at most 1000 posts with ``update_at > since`` in no stated order (a
         LIMIT without ORDER BY); we take the oldest 1000 by create_at. Their thread roots join
         ``posts``; ``order`` holds every returned post with ``update_at > since``, newest first.
+        With ``collapsed`` (``collapsedThreads=true``): roots only, the newest 1000.
         """
         ids = self._channel_posts.get(channel_id, [])
         changed = sorted(
-            (self.posts[i] for i in ids if self.posts[i].update_at > since),
+            (
+                self.posts[i]
+                for i in ids
+                if self.posts[i].update_at > since and not (collapsed and self.posts[i].root_id)
+            ),
             key=lambda p: (p.create_at, p.order),
+            reverse=collapsed,
         )[:SINCE_LIMIT]
         found = {p.id: p for p in changed}
         for p in changed:
@@ -264,18 +277,22 @@ class Store(Directory):
         )
         return [p.id for p in listed], found
 
-    def posts_page(
-        self, channel_id: str, page: int, per_page: int
-    ) -> tuple[list[str], dict[str, Post]]:
-        """``GET /channels/{id}/posts`` without ``since``: a page of live posts, newest first."""
-        live = [p for p in self.channel_posts(channel_id) if not p.delete_at]
-        live.reverse()
-        chosen = live[page * per_page : (page + 1) * per_page]
-        found = {p.id: p for p in chosen}
-        for p in chosen:
-            if p.root_id and p.root_id in self.posts:
-                found.setdefault(p.root_id, self.posts[p.root_id])
-        return [p.id for p in chosen], found
+    def add_file(self, name: str) -> str:
+        """A file id for an uploaded file named ``name`` (``posted`` tells images apart)."""
+        file_id = new_id()
+        self.files[file_id] = name
+        return file_id
+
+    def thread_followers(self, post: Post) -> set[str]:
+        """Who follows the post's thread: its root's author and everyone who replied."""
+        root = self.posts.get(post.root_id or post.id)
+        followers = {root.user_id} if root is not None else set()
+        followers.update(p.user_id for p in self._replies.get(post.root_id or post.id, ()))
+        return followers
+
+    def replies(self, root_id: str) -> list[Post]:
+        """Every reply to the root (deleted ones too), in creation order."""
+        return list(self._replies.get(root_id, ()))
 
     def reply_count(self, post: Post) -> int:
         """Live replies in the post's thread."""
@@ -299,14 +316,14 @@ class Store(Directory):
             "props": dict(post.props),
             "hashtags": parse_hashtags(post.message),
             "pending_post_id": post.pending_post_id,
-            "reply_count": 0 if post.original_id else self.reply_count(post),
-            "last_reply_at": 0,
-            "participants": None,
         }
-        if post.file_ids:
-            d["file_ids"] = list(post.file_ids)
         if post.has_reactions:
             d["has_reactions"] = True
+        d["remote_id"] = ""
+        d["reply_count"] = 0 if post.original_id else self.reply_count(post)
+        d["last_reply_at"] = 0
+        d["participants"] = None
+        d["file_ids"] = list(post.file_ids)  # always present, [] when none (reference §6)
         metadata = dict(post.metadata)
         if post.has_reactions:
             metadata["reactions"] = [r.to_json() for r in self.reactions if r.post_id == post.id]
