@@ -19,7 +19,15 @@ from harness import World, make_config, running
 from sidecar import cli
 from sidecar.app import Sidecar
 from sidecar.config import parse_config
-from sidecar.state import DB_NAME, LOCK_NAME, State, StateError, StateWriteError, _Rows
+from sidecar.state import (
+    DB_NAME,
+    LOCK_NAME,
+    SCHEMA_VERSION,
+    State,
+    StateError,
+    StateWriteError,
+    _Rows,
+)
 from sidecar.testing.recorder import CallbackRecorder
 
 
@@ -54,11 +62,12 @@ def test_future_schema_is_refused_untouched(tmp_path: Path) -> None:
     db = tmp_path / DB_NAME
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    future = str(SCHEMA_VERSION + 1)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (future,))
     conn.commit()
     conn.close()
     before = digest(db)
-    with pytest.raises(StateError, match="schema version 2"):
+    with pytest.raises(StateError, match=f"schema version {future}"):
         State(tmp_path).open()
     assert digest(db) == before
     conn = sqlite3.connect(db)
