@@ -221,7 +221,7 @@ class Dispatcher:
         team: Team | None = None,
         reaction: Reaction | None = None,
     ) -> None:
-        if post.user_id == self.me.id or post.from_webhook or post.is_system:
+        if post.user_id == self.me.id or post.from_webhook or post.is_system or post.burn_on_read:
             return  # never fires; skip the lookups
         if not self.rules.listens_for(event):
             return

@@ -99,6 +99,12 @@ class Post:
         return self.type.startswith("system_")
 
     @property
+    def burn_on_read(self) -> bool:
+        """Burn-on-read posts (type ``burn_on_read``) never trigger webhooks: the server skips
+        them, and their text is only revealed to each reader."""
+        return self.type == "burn_on_read"
+
+    @property
     def from_webhook(self) -> bool:
         """Posts made by webhooks (ours or the server's) never trigger webhooks: loop guard."""
         return self.props.get("from_webhook") == "true"
