@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", default="posted", choices=["posted", "post_edited", "reaction_added"])
     p.add_argument("--emoji", default="thumbsup", help="emoji name for --event reaction_added")
     p.add_argument("--show-secrets", action="store_true", help="show token and signatures")
+    p.add_argument(
+        "--explain", action="store_true", help="one line per webhook: why it matches or not"
+    )
     p.set_defaults(fn=cmd_match)
 
     p = sub.add_parser("token", help="print a new 26-character Mattermost-style token")
