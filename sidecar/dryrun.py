@@ -13,9 +13,9 @@ import time
 
 from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT
+from sidecar.explain import explain
 from sidecar.models import CHANNEL_TYPES, Channel, EventName, Post, Reaction, Team, User
 from sidecar.payload import build_request, go_form, go_json, signature_headers
-from sidecar.explain import explain
 from sidecar.rules import Context
 
 ZBASE32 = "ybndrfg8ejkmcpqxot1uwisza345h769"

@@ -58,15 +58,13 @@ def _why_not(webhook: WebhookConfig, ctx: Context, bot_user_id: str) -> str:
     if post.delete_at:
         return "never fires: a deleted post"
     kind = _TYPE_NAMES.get(channel.type, channel.type)
-    if webhook.team and channel.type in ("O", "P"):
-        if team is None or webhook.team not in (team.id, team.name):
-            where = team.name if team is not None else "no team"
-            return (
-                f"other team: the channel is in {where!r}, the webhook's team is {webhook.team!r}"
-            )
-    if webhook.channels and channel.id not in webhook.channels:
-        if channel.name not in webhook.channels:
-            return f"channel {channel.name!r} not in channels {list(webhook.channels)}"
+    other_team = team is None or webhook.team not in (team.id, team.name)
+    if webhook.team and channel.type in ("O", "P") and other_team:
+        where = team.name if team is not None else "no team"
+        return f"other team: the channel is in {where!r}, the webhook's team is {webhook.team!r}"
+    named = webhook.channels
+    if named and channel.id not in named and channel.name not in named:
+        return f"channel {channel.name!r} not in channels {list(named)}"
     types = webhook.channel_types
     if types is None and not webhook.channels and channel.type != "O":
         return f"channel type {kind} excluded (channel_types omitted: public only)"
