@@ -17,7 +17,7 @@ post is missed whatever order the server used; only edits beyond 1000 can still 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
@@ -73,16 +73,19 @@ async def collect(
     default_cursor: int,
     window_start: int,
     seen: Container[str],
+    channels: Sequence[tuple[Channel, Team | None]] | None = None,
 ) -> CatchUp:
     """Fetch and sort what is left to process since the cursors.
 
+    ``channels``: only these (channels just joined); default: every channel in scope.
     A channel the server refuses (403/404: the bot left it meanwhile) is logged and skipped;
     any other error is raised, so the caller can try the whole catch-up again.
     """
     result = CatchUp()
     want_edits = rules.listens_for("post_edited")
     want_reactions = rules.listens_for("reaction_added")
-    channels = await scope_channels(rest, rules)
+    if channels is None:
+        channels = await scope_channels(rest, rules)
     result.channels = len(channels)
     for channel, team in channels:
         cursor = cursors.get(channel.id, default_cursor)

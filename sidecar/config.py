@@ -45,7 +45,7 @@ MATTERMOST_KEYS = ("url", "token", "token_file", "verify_tls", "max_post_size")
 SIDECAR_KEYS = (
     "state_dir", "listen", "log_format", "allowed_untrusted_internal_connections",
     "enable_post_username_override", "enable_post_icon_override", "max_in_flight",
-    "catch_up_window", "shutdown_timeout",
+    "catch_up_window", "shutdown_timeout", "join_public_channels", "join_interval",
 )
 WEBHOOK_KEYS = (
     "name", "description", "team", "channels", "channel_types", "trigger_words", "trigger_when",
@@ -119,6 +119,8 @@ class SidecarConfig:
     max_in_flight: int = 64
     catch_up_window: float = 3600.0
     shutdown_timeout: float = 10.0
+    join_public_channels: bool = True
+    join_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,8 @@ def _sidecar(t: Table) -> SidecarConfig:
         max_in_flight=t.integer("max_in_flight", d.max_in_flight, lo=1, hi=100_000),
         catch_up_window=t.number("catch_up_window", d.catch_up_window, lo=0),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, lo=0),
+        join_public_channels=t.boolean("join_public_channels", d.join_public_channels),
+        join_interval=t.number("join_interval", d.join_interval, lo=1),
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sidecar.catchup import collect, edit_key, reaction_key
@@ -188,6 +188,56 @@ class Dispatcher:
             found.skipped_old,
             time.monotonic() - started,
         )
+
+    @property
+    def position(self) -> int:
+        """Where processing began (ms): a channel joined later is caught up from no earlier."""
+        return self._position
+
+    async def catch_up_channels(self, channels: Sequence[tuple[Channel, Team | None, int]]) -> int:
+        """Catch up channels the bot just joined, each from its own start (ms), through the
+        same de-duplicated path as a gap's catch-up. Returns how many events were processed."""
+        cursors = {channel.id: since for channel, _, since in channels}
+        scope = [(channel, team) for channel, team, _ in channels]
+        attempt = 0
+        while True:
+            window_start = now_ms() - int(self.catch_up_window * 1000)
+            try:
+                found = await collect(
+                    self.rest,
+                    self.rules,
+                    cursors=cursors,
+                    default_cursor=now_ms(),
+                    window_start=window_start,
+                    seen=self._seen,
+                    channels=scope,
+                )
+                break
+            except Unauthorized:
+                raise
+            except MattermostError as exc:
+                if not exc.retryable:
+                    log.error("catch-up of %d joined channels failed: %s", len(scope), exc)
+                    return 0
+                delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
+                attempt += 1
+                log.error("catch-up of joined channels failed: %s; again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        for event, post, channel, team, reaction in found.items:
+            if reaction is not None and reaction.user_id == self.me.id:
+                continue
+            actor = reaction.user_id if reaction is not None else post.user_id
+            await self._post_event(
+                event, post, actor, channel=channel, team=team, reaction=reaction
+            )
+        self.metrics.caught_up_posts.inc(len(found.items))
+        log.info(
+            "caught up %d joined channels: %d posts fetched, %d processed",
+            found.channels,
+            found.fetched,
+            len(found.items),
+        )
+        return len(found.items)
 
     async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
         """A cached REST lookup, retried for as long as the server's failure is temporary.

@@ -188,6 +188,9 @@ class Channel:
     type: ChannelType
     name: str
     display_name: str = ""
+    create_at: int = 0  # ms; a channel joined late is caught up from here (within the window)
+    update_at: int = 0
+    delete_at: int = 0  # archived when not 0
 
     @classmethod
     def from_dict(cls, d: Any) -> Channel:
@@ -203,6 +206,9 @@ class Channel:
             type=ctype,  # type: ignore[arg-type]
             name=_str(d, "name", required=True),
             display_name=_str(d, "display_name"),
+            create_at=_int(d, "create_at"),
+            update_at=_int(d, "update_at"),
+            delete_at=_int(d, "delete_at"),
         )
 
 

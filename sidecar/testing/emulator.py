@@ -55,6 +55,7 @@ from aiohttp import web
 from sidecar.testing.control import ControlApi
 from sidecar.testing.faults import Failures
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, now_ms
+from sidecar.testing.public import PublicChannels, PublicRoutes
 from sidecar.testing.rest import RestApi
 from sidecar.testing.store import Store
 from sidecar.testing.websocket import Hub, broadcast
@@ -100,6 +101,8 @@ class Emulator:
         self.response_delay = 0.0
         self.url = ""
         self.failures = Failures()
+        # Public channels: creation by a user, conversion, archiving, join permission.
+        self.public = PublicChannels(self)
         # Tests of hostile REST answers: a response for a request, or None to serve it normally.
         self.intercept: Callable[[web.Request], web.StreamResponse | None] | None = None
         self._changed = asyncio.Event()
@@ -112,6 +115,8 @@ class Emulator:
         rest = RestApi(self)
         app = web.Application(middlewares=[rest.middleware])
         app.add_routes(ControlApi(self).routes())
+        # Routes of separate modules go before rest's catch-all 404.
+        app.add_routes(PublicRoutes(rest).routes("/api/v4"))
         app.add_routes(rest.routes())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
