@@ -136,6 +136,7 @@ class Joiner:
         self._submit = submit
         self._members: set[str] = set()  # channels the bot is known to be in
         self._refused: dict[str, float] = {}  # channel id → when its join was refused
+        self._warned: set[str] = set()  # refused channels already logged (once each)
         self._hints: dict[str, str] = {}  # channel id → the event that named it
         self._full = False  # a hint asks for a whole pass (added to a team)
         self._wake = asyncio.Event()
@@ -157,6 +158,11 @@ class Joiner:
             self._hints[event.channel_id] = "user_added"
         else:
             self._full = True  # added_to_team: a new team's channels
+        self._wake.set()
+
+    def hint_full(self) -> None:
+        """Ask for a whole pass now (as at each ``join_interval``)."""
+        self._full = True
         self._wake.set()
 
     # -- passes --------------------------------------------------------------------------------
@@ -265,8 +271,9 @@ class Joiner:
     def _since(self, channel: Channel, *, converted: bool = False) -> int:
         floor = self._floor()
         if converted:
-            # Posts made while the channel was private stay private: start at the conversion.
-            floor = max(floor, channel.update_at)
+            # Posts made while the channel was private stay private: start after the
+            # conversion (update_at; one in the same millisecond is taken as before it).
+            floor = max(floor, channel.update_at + 1)
         now = int(time.time() * 1000)
         return catch_up_from(channel, now=now, window=self._window(), floor=floor)
 
@@ -297,7 +304,8 @@ class Joiner:
                 raise
             if exc.status == 403:
                 self._metrics.child(self._metrics.channel_joins, "refused").inc()
-                if channel.id not in self._refused:
+                if channel.id not in self._warned:
+                    self._warned.add(channel.id)
                     log.warning(
                         "cannot join public channel ~%s (team %s): %s; give the bot the "
                         "'join public channels' permission, or add it to the channel by hand; "
