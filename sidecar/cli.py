@@ -296,6 +296,13 @@ async def _reloader(app: Any, path: str, hup: asyncio.Event) -> None:
         app.reload(config)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Read the server's outgoing webhooks; write [[webhook]] tables with the same tokens."""
+    from sidecar.importer import command
+
+    return command(args)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Run the Mattermost emulator alone."""
     from sidecar.testing.__main__ import main as emulator_main
@@ -375,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the emulator, callback and sidecar up afterwards",
     )
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser(
+        "import", help="write the server's outgoing webhooks as [[webhook]] tables (same tokens)"
+    )
+    p.add_argument("--url", required=True, help="the Mattermost server's URL")
+    p.add_argument(
+        "--token-file", help="file holding an admin's token (else $MM_SIDECAR_IMPORT_TOKEN)"
+    )
+    p.add_argument("--team", default="", help="only this team's hooks (name or id)")
+    p.add_argument("-o", "--output", help="write to this file (mode 0600) instead of stdout")
+    p.add_argument("--merge", help="append to this config the hooks it does not have yet")
+    p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
     p.add_argument("--port", type=int, default=8065)

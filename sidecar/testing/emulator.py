@@ -54,6 +54,7 @@ from aiohttp import web
 
 from sidecar.testing.control import ControlApi
 from sidecar.testing.faults import Failures
+from sidecar.testing.hooks import HookRoutes, OutgoingHooks
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, now_ms
 from sidecar.testing.public import PublicChannels, PublicRoutes
 from sidecar.testing.rest import RestApi
@@ -103,6 +104,8 @@ class Emulator:
         self.failures = Failures()
         # Public channels: creation by a user, conversion, archiving, join permission.
         self.public = PublicChannels(self)
+        # Outgoing webhooks (GET /hooks/outgoing) and who may list them.
+        self.hooks = OutgoingHooks(self)
         # Tests of hostile REST answers: a response for a request, or None to serve it normally.
         self.intercept: Callable[[web.Request], web.StreamResponse | None] | None = None
         self._changed = asyncio.Event()
@@ -117,6 +120,7 @@ class Emulator:
         app.add_routes(ControlApi(self).routes())
         # Routes of separate modules go before rest's catch-all 404.
         app.add_routes(PublicRoutes(rest).routes("/api/v4"))
+        app.add_routes(HookRoutes(rest).routes("/api/v4"))
         app.add_routes(rest.routes())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
