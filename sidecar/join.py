@@ -360,9 +360,14 @@ class Joiner:
             page += 1
 
     async def _member_channels(self, team_id: str) -> set[str]:
+        """The ids of the bot's channels in the team (not through the channel cache: only the
+        ids are needed, and a lookup made later must still ask the server)."""
         try:
-            return {c.id for c in await self._rest.my_channels(team_id)}
+            data = await self._rest.call("GET", f"/users/me/teams/{team_id}/channels")
         except MattermostError as exc:
             if exc.status == 404:  # the server's answer when the bot has no channel there
                 return set()
             raise
+        if not isinstance(data, list):
+            raise BadAnswer("channels for user: expected a list")
+        return {c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}
