@@ -19,6 +19,7 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.app import Sidecar
@@ -27,6 +28,14 @@ from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder
 
 _ID = re.compile(r"/[a-z0-9]{26}(?=/|$)")
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the sidecar did not get there")
+        await asyncio.sleep(0.01)
 
 
 async def measure(channels: int) -> dict[str, object]:
@@ -72,15 +81,13 @@ async def measure(channels: int) -> dict[str, object]:
                 start_s = time.perf_counter() - started
                 start_calls = len(mm.rest_calls)
                 task = asyncio.create_task(app.serve(stop))
-                while app.joins_caught_up < 1 and not task.done():
-                    await asyncio.sleep(0.01)
+                await _until(lambda: app.joins_caught_up >= 1 or task.done())
                 caught_up_s = time.perf_counter() - started
                 caught_up_calls = len(mm.rest_calls)
                 posted = time.perf_counter()
                 for i, channel_id in enumerate(ids):
                     mm.post(poster["id"], channel_id, f"#bench after {i}")
-                while len(cb.requests) < channels and not task.done():
-                    await asyncio.sleep(0.01)
+                await _until(lambda: len(cb.requests) >= channels or task.done())
                 delivered_s = time.perf_counter() - posted
                 stop.set()
                 await task
