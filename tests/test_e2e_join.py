@@ -171,3 +171,31 @@ async def test_a_team_the_bot_is_not_in_is_a_start_up_warning(
     assert any(
         "team 'elsewhere': the bot is not a member" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_added_by_a_user_or_to_a_team_is_followed_at_once(
+    world: World, cb: CallbackRecorder, tmp_path: Path
+) -> None:
+    mm = world.mm
+    config = make_config(world, tmp_path, [{**team_hook(cb), "team": ""}])  # every team
+    async with running(config) as app:
+        # alice creates a channel, posts, then adds the bot herself (before any periodic pass):
+        # user_added for the bot → what was posted before is caught up.
+        side = mm.public.create_channel_as(world.alice["id"], world.team["id"], "side")
+        mm.post(world.alice["id"], side["id"], "#build before the bot")
+        mm.public.join(world.alice["id"], side["id"], world.bot["id"])
+        [first] = await cb.wait_for(1)
+        # The bot is added to another team: its public channels are joined at once.
+        other = mm.create_team("second")
+        mm.add_team_member(other["id"], world.alice["id"])
+        general = mm.create_channel(other["id"], "general", "O", members=[world.alice["id"]])
+        caught_up = app.joins_caught_up
+        mm.public.add_to_team(other["id"], world.bot["id"])
+        await wait_until(lambda: app.joins_caught_up > caught_up, what="join in the new team")
+        mm.post(world.alice["id"], general["id"], "#build in the second team")
+        got = await cb.wait_for(2)
+    assert text_of(first.body) == "#build before the bot"
+    assert text_of(got[1].body) == "#build in the second team"
+    assert joins(world, side) == []  # added by alice, not joined
+    [added] = [p for p in mm.posts_in(side["id"]) if p["type"] == "system_add_to_channel"]
+    assert added["message"] == "sidecar-bot added to the channel by alice."

@@ -47,6 +47,12 @@ class PublicChannels:
         """Take away (or give back) the user's permission to join public channels."""
         (self.refused.add if refused else self.refused.discard)(user_id)
 
+    def add_to_team(self, team_id: str, user_id: str) -> None:
+        """Add a user to a team; ``added_to_team`` goes to that user."""
+        self.emu.store.add_team_member(team_id, user_id)
+        data = {"team_id": team_id, "user_id": user_id}
+        self.emu.hub.publish("added_to_team", data, broadcast(user_id=user_id), {user_id})
+
     def create_channel_as(
         self, creator_id: str, team_id: str, name: str, type: str = "O", display_name: str = ""
     ) -> dict[str, Any]:
