@@ -135,6 +135,10 @@ class Joiner:
         self._floor = floor
         self._submit = submit
         self._members: set[str] = set()  # channels the bot is known to be in
+        # Channels already caught up after the bot came in (joined by us, or added by someone):
+        # the user_added that follows is not news. Kept apart from _members, which a listing
+        # fills, so that a pass running when someone adds the bot cannot hide that event.
+        self._caught_up: set[str] = set()
         self._refused: dict[str, float] = {}  # channel id → when its join was refused
         self._warned: set[str] = set()  # refused channels already logged (once each)
         self._hints: dict[str, str] = {}  # channel id → the event that named it
@@ -194,10 +198,11 @@ class Joiner:
             hints, self._hints = self._hints, {}
             full, self._full = self._full, False
             try:
+                # Hints first: a user_added must not be taken for known by the listing.
+                if hints or not full:
+                    await self._consider_hints(hints)
                 if full:
                     await self.reconcile()
-                else:
-                    await self._consider_hints(hints)
             except Unauthorized:
                 raise
             except MattermostError as exc:
@@ -230,7 +235,7 @@ class Joiner:
 
     async def _consider_hints(self, hints: dict[str, str]) -> None:
         # The bot's own joins come back as user_added: nothing to do for channels it knows.
-        hints = {c: e for c, e in hints.items() if not (e == "user_added" and c in self._members)}
+        hints = {c: e for c, e in hints.items() if not (e == "user_added" and c in self._caught_up)}
         if not hints:
             self.passes += 1
             return
@@ -257,7 +262,8 @@ class Joiner:
                 continue
             if event == "user_added":
                 # Someone added the bot (or this is our own join): catch up what came before.
-                if channel.id not in self._members:
+                if channel.id not in self._caught_up:
+                    self._caught_up.add(channel.id)
                     self._members.add(channel.id)
                     log.info("added to public channel ~%s (team %s)", channel.name, team.name)
                     await self._submit(Joined(((channel, team, self._since(channel)),)))
@@ -321,6 +327,7 @@ class Joiner:
             return False
         self._metrics.child(self._metrics.channel_joins, "joined").inc()
         self._members.add(channel.id)
+        self._caught_up.add(channel.id)
         self._refused.pop(channel.id, None)
         self.joined += 1
         return True
