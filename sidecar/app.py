@@ -21,9 +21,11 @@ from sidecar import __version__
 from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher
+from sidecar.events import ChannelOpened, MemberAdded
 from sidecar.gateway import Connected, Gateway, Item
 from sidecar.health import HealthServer, Metrics
 from sidecar.history import Retention
+from sidecar.join import Joined, Joiner
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, User
 from sidecar.names import check_teams, check_users
@@ -82,7 +84,7 @@ class Sidecar:
             ),
             user_agent=USER_AGENT,
         )
-        self._queue: asyncio.Queue[Item | None] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[Item | Joined | None] = asyncio.Queue(QUEUE_SIZE)
         self.gateway = Gateway(
             config.mattermost.url,
             config.mattermost.token,
@@ -102,6 +104,8 @@ class Sidecar:
         self.outbox: Outbox | None = None
         self.dispatcher: Dispatcher | None = None
         self.history: HistoryKeeper | None = None
+        self.joiner: Joiner | None = None
+        self.joins_caught_up = 0  # Joined items the dispatcher finished (tests wait on it)
         self._ready_once = False
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -135,7 +139,6 @@ class Sidecar:
         log.info("logged in to %s as @%s", self.config.mattermost.url, self.me.username)
         self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
         await self._check_server_settings()
-        await self._check_channels()
         await check_teams(self.rest, self.config.webhooks)
         await check_users(self.rest, self.config.webhooks)
         await self.callbacks.start()
@@ -170,6 +173,10 @@ class Sidecar:
             poll_interval=self._tuning.history_poll,
             prune_every=self._tuning.history_prune_every,
         )
+        # Public channels first, so that the check below sees the channels just joined.
+        self.joiner = self._make_joiner(self.dispatcher)
+        await self.joiner.start()
+        await self._check_channels()
         self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
         if self.config.sidecar.listen:
             self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
@@ -228,6 +235,8 @@ class Sidecar:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self.history.run(), name="history"),
         }
+        if self.joiner is not None:
+            tasks.add(asyncio.create_task(self.joiner.run(), name="joiner"))
         waiters = {
             asyncio.create_task(stop.wait(), name="stop-signal"),
             asyncio.create_task(self._fatal_event.wait(), name="fatal"),
@@ -347,6 +356,20 @@ class Sidecar:
             max_post_size=self.config.mattermost.max_post_size,
         )
 
+    def _make_joiner(self, dispatcher: Dispatcher) -> Joiner:
+        """Public-channel coverage (sidecar/join.py); reads the live config at each pass."""
+        return Joiner(
+            rest=self.rest,
+            me=self.me,
+            metrics=self.metrics,
+            rules=lambda: self.rules,
+            enabled=lambda: self.config.sidecar.join_public_channels,
+            interval=lambda: self.config.sidecar.join_interval,
+            window=lambda: self.config.sidecar.catch_up_window,
+            floor=lambda: dispatcher.position,
+            submit=self._queue.put,
+        )
+
     async def _check_channels(self) -> None:
         """Warn about named channels the bot cannot see, or whose type channel_types excludes.
 
@@ -424,6 +447,14 @@ class Sidecar:
             try:
                 if isinstance(item, Connected):
                     await self._connected(item)
+                elif isinstance(item, Joined):
+                    await self.dispatcher.catch_up_channels(item.channels)
+                    self.joins_caught_up += 1
+                elif isinstance(item, ChannelOpened | MemberAdded):
+                    if item.channel_id:
+                        self.rest.forget_channel(item.channel_id)  # its type may have changed
+                    if self.joiner is not None:
+                        self.joiner.hint(item)
                 else:
                     await self.dispatcher.dispatch(item)
             except Unauthorized:

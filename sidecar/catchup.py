@@ -18,7 +18,7 @@ post is missed whatever order the server used; only edits beyond 1000 can still 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
@@ -74,15 +74,16 @@ async def collect(
     default_cursor: int,
     window_start: int,
     seen: Container[str],
-    channels: list[tuple[Channel, Team | None]] | None = None,
+    channels: Sequence[tuple[Channel, Team | None]] | None = None,
 ) -> CatchUp:
     """Fetch and sort what is left to process since the cursors.
 
-    ``channels`` defaults to every channel in scope (``scope_channels``); a channel without a
-    cursor is caught up from ``default_cursor``. A post is new (``posted``) when it is not in
-    ``seen`` and was created at or after the channel's cursor; independently, its latest edit
-    is due (``post_edited``) when made at or after the cursor and not in ``seen``: a post
-    created and edited in one gap fires both, with its current text.
+    ``channels`` defaults to every channel in scope (``scope_channels``; a join passes the
+    channels just joined); a channel without a cursor is caught up from ``default_cursor``.
+    A post is new (``posted``) when it is not in ``seen`` and was created at or after the
+    channel's cursor; independently, its latest edit is due (``post_edited``) when made at or
+    after the cursor and not in ``seen``: a post created and edited in one gap fires both,
+    with its current text.
 
     A channel the server refuses (403/404: the bot left it meanwhile) is logged and skipped;
     any other error is raised, so the caller can try the whole catch-up again.

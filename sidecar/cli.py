@@ -348,6 +348,13 @@ def cmd_history(args: argparse.Namespace) -> int:
     return deliveries_cli.deliveries(state_dir, args)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Read the server's outgoing webhooks; write [[webhook]] tables with the same tokens."""
+    from sidecar.importer import command
+
+    return command(args)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Run the Mattermost emulator alone."""
     from sidecar.testing.__main__ import main as emulator_main
@@ -412,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", default="posted", choices=["posted", "post_edited", "reaction_added"])
     p.add_argument("--emoji", default="thumbsup", help="emoji name for --event reaction_added")
     p.add_argument("--show-secrets", action="store_true", help="show token and signatures")
+    p.add_argument(
+        "--explain", action="store_true", help="one line per webhook: why it matches or not"
+    )
     p.set_defaults(fn=cmd_match)
 
     p = sub.add_parser("token", help="print a new 26-character Mattermost-style token")
@@ -428,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     from sidecar.deliveries_cli import add_parsers
 
     add_parsers(sub, with_config, cmd_history)
+
+    p = sub.add_parser(
+        "import", help="write the server's outgoing webhooks as [[webhook]] tables (same tokens)"
+    )
+    p.add_argument("--url", required=True, help="the Mattermost server's URL")
+    p.add_argument(
+        "--token-file", help="file holding an admin's token (else $MM_SIDECAR_IMPORT_TOKEN)"
+    )
+    p.add_argument("--team", default="", help="only this team's hooks (name or id)")
+    p.add_argument("-o", "--output", help="write to this file (mode 0600) instead of stdout")
+    p.add_argument("--merge", help="append to this config the hooks it does not have yet")
+    p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
     p.add_argument("--port", type=int, default=8065)

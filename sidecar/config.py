@@ -45,7 +45,7 @@ MATTERMOST_KEYS = ("url", "token", "token_file", "verify_tls", "max_post_size")
 SIDECAR_KEYS = (
     "state_dir", "listen", "log_format", "allowed_untrusted_internal_connections",
     "enable_post_username_override", "enable_post_icon_override", "max_in_flight",
-    "catch_up_window", "shutdown_timeout",
+    "catch_up_window", "shutdown_timeout", "join_public_channels", "join_interval",
     "history_days", "dead_letter_days", "history_max_rows",
 )
 WEBHOOK_KEYS = (
@@ -120,6 +120,8 @@ class SidecarConfig:
     max_in_flight: int = 64
     catch_up_window: float = 3600.0
     shutdown_timeout: float = 10.0
+    join_public_channels: bool = True
+    join_interval: float = 60.0
     history_days: float = 7.0  # delivery history kept (history.py)
     dead_letter_days: float = 30.0  # failed deliveries kept
     history_max_rows: int = 100_000
@@ -317,6 +319,8 @@ def _sidecar(t: Table) -> SidecarConfig:
         max_in_flight=t.integer("max_in_flight", d.max_in_flight, lo=1, hi=100_000),
         catch_up_window=t.number("catch_up_window", d.catch_up_window, lo=0),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, lo=0),
+        join_public_channels=t.boolean("join_public_channels", d.join_public_channels),
+        join_interval=t.number("join_interval", d.join_interval, lo=1),
         history_days=t.number("history_days", d.history_days, lo=0),
         dead_letter_days=t.number("dead_letter_days", d.dead_letter_days, lo=0),
         history_max_rows=t.integer("history_max_rows", d.history_max_rows, lo=0, hi=100_000_000),

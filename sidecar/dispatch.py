@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sidecar.catchup import collect, edit_key, reaction_key
@@ -148,17 +148,39 @@ class Dispatcher:
         self,
         channels: list[tuple[Channel, Team | None]] | None = None,
         since: int | None = None,
-    ) -> None:
+    ) -> int:
         """Fetch and process what the websocket could not tell us (after a gap or a restart).
 
         By default every channel in scope, each from its own cursor (or the start position).
-        With ``channels`` and ``since`` (server ms), just those channels from ``since`` (e.g.
-        one the bot just joined): through the same de-duplicated path, nothing fires twice.
+        With ``channels`` and ``since`` (server ms), just those channels from ``since``:
+        through the same de-duplicated path, nothing fires twice. Returns how many events
+        were processed.
         """
-        started = time.monotonic()
         cursors = self._cursors if since is None else {}
         default = self._position if since is None else since
         log.info("catching up over REST from the last processed post")
+        return await self._catch_up(cursors, default, channels, "")
+
+    @property
+    def position(self) -> int:
+        """Where processing began (ms): a channel joined later is caught up from no earlier."""
+        return self._position
+
+    async def catch_up_channels(self, channels: Sequence[tuple[Channel, Team | None, int]]) -> int:
+        """Catch up channels the bot just joined, each from its own start (server ms), through
+        the same de-duplicated path as a gap's catch-up. Returns how many events were processed."""
+        cursors = {channel.id: since for channel, _, since in channels}
+        scope = [(channel, team) for channel, team, _ in channels]
+        return await self._catch_up(cursors, self.server_now(), scope, " after a join")
+
+    async def _catch_up(
+        self,
+        cursors: dict[str, int],
+        default: int,
+        channels: list[tuple[Channel, Team | None]] | None,
+        what: str,
+    ) -> int:
+        started = time.monotonic()
         attempt = 0
         while True:
             # A catch-up that fails is tried again (the dispatcher waits: later events must
@@ -180,19 +202,16 @@ class Dispatcher:
                 raise
             except MattermostError as exc:
                 if not exc.retryable:
-                    log.error("catch-up failed: %s; it will be tried after the next gap", exc)
-                    return
+                    log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
+                    return 0
                 delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
                 attempt += 1
-                log.error("catch-up failed: %s; trying again in %.1f s", exc, delay)
+                log.error("catch-up%s failed: %s; trying again in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
         for event, post, channel, team, reaction in found.items:
-            if reaction is not None:
-                if reaction.user_id == self.me.id:
-                    continue
-                actor = reaction.user_id
-            else:
-                actor = post.user_id
+            if reaction is not None and reaction.user_id == self.me.id:
+                continue
+            actor = reaction.user_id if reaction is not None else post.user_id
             await self._post_event(
                 event, post, actor, channel=channel, team=team, reaction=reaction
             )
@@ -204,14 +223,16 @@ class Dispatcher:
                 self.catch_up_window,
             )
         log.info(
-            "caught up: %d channels, %d posts fetched, %d processed, %d skipped as too old, "
+            "caught up%s: %d channels, %d posts fetched, %d processed, %d skipped as too old, "
             "in %.2f s",
+            what,
             found.channels,
             found.fetched,
             len(found.items),
             found.skipped_old,
             time.monotonic() - started,
         )
+        return len(found.items)
 
     async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
         """A cached REST lookup, retried for as long as the server's failure is temporary.
@@ -249,6 +270,7 @@ class Dispatcher:
             post.user_id == self.me.id
             or post.from_webhook
             or post.is_system
+            or post.burn_on_read
             or not self.rules.listens_for(event)
         ):
             if event == "posted":

@@ -11,11 +11,12 @@ import argparse
 import hashlib
 import time
 
-from sidecar.config import Config
+from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT
+from sidecar.explain import explain
 from sidecar.models import CHANNEL_TYPES, Channel, EventName, Post, Reaction, Team, User
 from sidecar.payload import build_request, go_form, go_json, signature_headers
-from sidecar.rules import Context, RuleSet
+from sidecar.rules import Context
 
 ZBASE32 = "ybndrfg8ejkmcpqxot1uwisza345h769"
 
@@ -42,22 +43,27 @@ def hide_token(body: str, token: str) -> str:
     return body
 
 
+def _team(name: str) -> Team:
+    team_id = name if _looks_like_id(name) else synthetic_id("team", name)
+    return Team(id=team_id, name=name)
+
+
 def dry_run(config: Config, args: argparse.Namespace) -> str:
-    """Render the report printed by ``mm-sidecar match``."""
+    """Render the report printed by ``mm-sidecar match`` (and ``--explain``'s lines).
+
+    Without ``--team``, a public or private channel is looked up in each webhook's own team
+    (a placeholder team "team" for webhooks that name none), so that a config with
+    ``team = "x"`` can be tried without repeating the team on the command line.
+    """
     event: EventName = args.event
     ctype = CHANNEL_TYPES[args.channel_type]
-    team = None
-    if ctype in ("O", "P"):
-        team_name = args.team or "team"
-        team_id = team_name if _looks_like_id(team_name) else synthetic_id("team", team_name)
-        team = Team(id=team_id, name=team_name)
+    teamed = ctype in ("O", "P")
     channel_id = args.channel if _looks_like_id(args.channel) else synthetic_id("ch", args.channel)
-    channel = Channel(id=channel_id, team_id=team.id if team else "", type=ctype, name=args.channel)
     user = User(id=synthetic_id("user", args.user), username=args.user)
     now = int(time.time() * 1000)
     post = Post(
         id=synthetic_id("post", f"{args.channel}:{args.text}:{now}"),
-        channel_id=channel.id,
+        channel_id=channel_id,
         user_id=user.id,
         create_at=now,
         update_at=now,
@@ -71,20 +77,46 @@ def dry_run(config: Config, args: argparse.Namespace) -> str:
             post_id=post.id,
             emoji_name=args.emoji,
             create_at=now,
-            channel_id=channel.id,
+            channel_id=channel_id,
         )
-    ctx = Context(event=event, post=post, channel=channel, team=team, actor=user, reaction=reaction)
-    matches = RuleSet(config.webhooks, bot_user_id="").match(ctx)
+    contexts: dict[str, Context] = {}
+
+    def context_for(webhook: WebhookConfig) -> Context:
+        team_name = (args.team or webhook.team or "team") if teamed else ""
+        ctx = contexts.get(team_name)
+        if ctx is None:
+            team = _team(team_name) if team_name else None
+            channel = Channel(
+                id=channel_id, team_id=team.id if team else "", type=ctype, name=args.channel
+            )
+            ctx = Context(
+                event=event, post=post, channel=channel, team=team, actor=user, reaction=reaction
+            )
+            contexts[team_name] = ctx
+        return ctx
+
+    verdicts = [explain(w, context_for(w)) for w in config.webhooks]
+    matches = [(v.match, context_for(v.webhook)) for v in verdicts if v.match is not None]
+    if not teamed:
+        where = ""
+    elif args.team:
+        where = f" (team {args.team})"
+    else:
+        where = " (in each webhook's own team)"
     lines = [
-        f"event {event} in {args.channel_type} channel {args.channel!r}"
-        + (f" (team {team.name})" if team else "")
+        f"event {event} in {args.channel_type} channel {args.channel!r}{where}"
         + f" by @{args.user}: {args.text!r}",
     ]
+    if getattr(args, "explain", False):
+        for v in verdicts:
+            team = context_for(v.webhook).team
+            in_team = f" [team {team.name}]" if team is not None and not args.team else ""
+            lines.append(f"webhook {v.webhook.name!r}{in_team}: {v.reason}")
     if not matches:
         lines.append("no webhook matches")
         return "\n".join(lines) + "\n"
     lines.append(f"{len(matches)} webhook(s) match")
-    for match in matches:
+    for match, ctx in matches:
         w = match.webhook
         request = build_request(match, ctx, user_agent=USER_AGENT)
         headers = dict(request.headers)

@@ -76,7 +76,34 @@ class UserUpdated:
     user_id: str
 
 
-Event = Hello | Posted | PostEdited | ReactionAdded | ChannelUpdated | UserUpdated
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
+    """``channel_converted`` / ``channel_restored`` (broadcast to the team): the channel may
+    now be a public channel that the bot should join."""
+
+    channel_id: str
+    event_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAdded:
+    """``user_added`` (to a channel's members) or ``added_to_team`` (``channel_id`` "")."""
+
+    user_id: str
+    team_id: str
+    channel_id: str
+
+
+Event = (
+    Hello
+    | Posted
+    | PostEdited
+    | ReactionAdded
+    | ChannelUpdated
+    | UserUpdated
+    | ChannelOpened
+    | MemberAdded
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +149,11 @@ def parse_frame(raw: str | bytes) -> Frame:
     data = obj.get("data")
     if not isinstance(data, dict):
         raise FrameError(f"{name}: 'data' must be an object", seq=seq, event_name=name)
+    if name == "user_added":
+        # The channel is named only in the broadcast.
+        broadcast = obj.get("broadcast")
+        channel_id = broadcast.get("channel_id") if isinstance(broadcast, dict) else None
+        data = {**data, "channel_id": channel_id if isinstance(channel_id, str) else ""}
     try:
         event = decoder(data)
     except (ObjectError, _DataError) as exc:
@@ -214,7 +246,34 @@ def _user_updated(data: Mapping[str, Any]) -> UserUpdated:
     return UserUpdated(user_id=_id_of(data, "user"))
 
 
+def _channel_converted(data: Mapping[str, Any]) -> ChannelOpened:
+    return ChannelOpened(channel_id=_required(data, "channel_id"), event_name="channel_converted")
+
+
+def _channel_restored(data: Mapping[str, Any]) -> ChannelOpened:
+    return ChannelOpened(channel_id=_required(data, "channel_id"), event_name="channel_restored")
+
+
+def _member_added(data: Mapping[str, Any]) -> MemberAdded:
+    return MemberAdded(
+        user_id=_required(data, "user_id"),
+        team_id=_str(data, "team_id"),
+        channel_id=_str(data, "channel_id"),
+    )
+
+
+def _required(data: Mapping[str, Any], key: str) -> str:
+    value = _str(data, key)
+    if not value:
+        raise _DataError(f"{key!r} is missing")
+    return value
+
+
 _DECODERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
+    "channel_converted": _channel_converted,
+    "channel_restored": _channel_restored,
+    "user_added": _member_added,
+    "added_to_team": _member_added,
     "hello": _hello,
     "posted": _posted,
     "post_edited": _post_edited,

@@ -90,6 +90,12 @@ class Metrics:
         self.caught_up_posts = Counter(
             "mm_sidecar_caught_up_posts", "Posts recovered over REST during catch-up.", registry=reg
         )
+        self.channel_joins = Counter(
+            "mm_sidecar_channel_joins",
+            "Public channels the bot tried to join, by result (joined, refused, failed).",
+            ["result"],
+            registry=reg,
+        )
         self.outbox_depth = Gauge(
             "mm_sidecar_outbox_depth", "Deliveries persisted and not yet finished.", registry=reg
         )

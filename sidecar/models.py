@@ -99,6 +99,12 @@ class Post:
         return self.type.startswith("system_")
 
     @property
+    def burn_on_read(self) -> bool:
+        """Burn-on-read posts (type ``burn_on_read``) never trigger webhooks: the server skips
+        them, and their text is only revealed to each reader."""
+        return self.type == "burn_on_read"
+
+    @property
     def from_webhook(self) -> bool:
         """Posts made by webhooks (ours or the server's) never trigger webhooks: loop guard."""
         return self.props.get("from_webhook") == "true"
@@ -182,6 +188,9 @@ class Channel:
     type: ChannelType
     name: str
     display_name: str = ""
+    create_at: int = 0  # ms; a channel joined late is caught up from here (within the window)
+    update_at: int = 0
+    delete_at: int = 0  # archived when not 0
 
     @classmethod
     def from_dict(cls, d: Any) -> Channel:
@@ -197,6 +206,9 @@ class Channel:
             type=ctype,  # type: ignore[arg-type]
             name=_str(d, "name", required=True),
             display_name=_str(d, "display_name"),
+            create_at=_int(d, "create_at"),
+            update_at=_int(d, "update_at"),
+            delete_at=_int(d, "delete_at"),
         )
 
 

@@ -115,6 +115,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_POST_TYPES = frozenset(
+    ("", "slack_attachment", "me", "reminder", "add_bot_teams_channels", "burn_on_read")
+)
+
+
 def _kind(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     return "null" if value is None else names.get(type(value), "a number")
@@ -365,8 +370,11 @@ def build_reply(
 
     if attachments and not post_type:
         post_type = "slack_attachment"
-    if post_type not in ("", "slack_attachment") and not post_type.startswith("custom_"):
-        raise ReplyError(f"'type' must be empty, slack_attachment or custom_*, got {post_type!r}")
+    # The server's Post.IsValid list minus system_* (which a created post may not have).
+    if post_type not in _POST_TYPES and not post_type.startswith("custom_"):
+        raise ReplyError(
+            f"'type' must be a post type (not system_*) or custom_*, got {post_type!r}"
+        )
 
     # "attachments" inside props is dropped too: Mattermost only keeps the typed ones.
     props = {

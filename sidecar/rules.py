@@ -180,7 +180,7 @@ def _actor_in_scope(webhook: WebhookConfig, ctx: Context) -> bool:
 def _never_fires(ctx: Context, bot_user_id: str) -> bool:
     post = ctx.post
     own = bool(bot_user_id) and bot_user_id in (post.user_id, ctx.actor.id)
-    return own or post.from_webhook or post.is_system or post.delete_at != 0
+    return own or post.from_webhook or post.is_system or post.burn_on_read or post.delete_at != 0
 
 
 class _EventIndex:

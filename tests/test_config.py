@@ -49,6 +49,8 @@ PRODUCT_KEYS = {
         "max_in_flight",
         "catch_up_window",
         "shutdown_timeout",
+        "join_public_channels",
+        "join_interval",
     ],
     "webhook": [
         "name",

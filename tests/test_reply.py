@@ -334,12 +334,14 @@ def test_attachments_inside_props_are_dropped() -> None:
 # --- type ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("post_type", ["", "slack_attachment", "custom_x"])
+@pytest.mark.parametrize(
+    "post_type", ["", "slack_attachment", "custom_x", "me", "reminder", "add_bot_teams_channels"]
+)
 def test_allowed_types(post_type: str) -> None:
     assert one({"text": "x", "type": post_type})["type"] == post_type
 
 
-@pytest.mark.parametrize("post_type", ["system_join_channel", "foo", "custom"])
+@pytest.mark.parametrize("post_type", ["system_join_channel", "system_generic", "foo", "custom"])
 def test_refused_types(post_type: str) -> None:
     with pytest.raises(ReplyError, match="type"):
         reply({"text": "x", "type": post_type})

@@ -224,8 +224,9 @@ def test_scope(webhook_kw: dict[str, Any], context_kw: dict[str, Any], fires: bo
         {"props": {"from_webhook": "true"}},
         {"type": "system_join_channel"},
         {"delete_at": 5},
+        {"type": "burn_on_read"},
     ],
-    ids=["own-bot", "from-webhook", "system", "deleted"],
+    ids=["own-bot", "from-webhook", "system", "deleted", "burn-on-read"],
 )
 def test_never_fires(context_kw: dict[str, Any]) -> None:
     webhooks = [hook(channels=("town-square",)), hook("w", trigger_words=("#build",))]

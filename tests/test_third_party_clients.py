@@ -17,6 +17,7 @@ from mattermostautodriver import AsyncTypedDriver
 from mattermostdriver import Driver
 from mattermostdriver.websocket import Websocket as DriverWebsocket
 
+from sidecar import compat
 from tests.conftest import World
 
 SCRIPT = Path(__file__).parent / "clients" / "mattermost_client.js"
@@ -29,7 +30,7 @@ def port_of(w: World) -> int:
 
 async def first_posted(events: asyncio.Queue[dict[str, Any]], post_id: str) -> dict[str, Any]:
     """The ``posted`` event of that post (other frames skipped)."""
-    async with asyncio.timeout(10):
+    async with compat.timeout(10):
         while True:
             event = await events.get()
             if (
@@ -69,7 +70,7 @@ async def test_mattermostdriver_rest_and_websocket(emulator: World) -> None:
     socket = DriverWebsocket(driver.options, w.bot_token)
     task = asyncio.create_task(socket.connect(handler))
     try:
-        async with asyncio.timeout(10):
+        async with compat.timeout(10):
             while (await events.get()).get("event") != "hello":
                 pass
         post = await asyncio.to_thread(
@@ -109,7 +110,7 @@ async def test_mattermostautodriver_rest_and_websocket(emulator: World) -> None:
         events, handler = collector()
         task = asyncio.create_task(driver.init_websocket(handler))
         try:
-            async with asyncio.timeout(10):
+            async with compat.timeout(10):
                 while (await events.get()).get("event") != "hello":
                     pass
             post = await driver.posts.create_post(channel["id"], "from the autodriver")

@@ -62,6 +62,7 @@ from aiohttp import web
 from sidecar import compat
 from sidecar.testing.control import ControlApi
 from sidecar.testing.faults import Failures, FaultInjection
+from sidecar.testing.hooks import HookRoutes, OutgoingHooks
 from sidecar.testing.hub import (
     DEAD_QUEUE_SIZE,
     REAP_AFTER,
@@ -72,6 +73,7 @@ from sidecar.testing.hub import (
 )
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, now_ms
 from sidecar.testing.posted import publish_posted
+from sidecar.testing.public import PublicChannels, PublicRoutes
 from sidecar.testing.rest import RestApi
 from sidecar.testing.store import Store
 
@@ -128,6 +130,10 @@ class Emulator(FaultInjection):
         self.response_delay = 0.0
         self.url = ""
         self.failures = Failures()
+        # Public channels: creation by a user, conversion, archiving, join permission.
+        self.public = PublicChannels(self)
+        # Outgoing webhooks (GET /hooks/outgoing) and who may list them.
+        self.hooks = OutgoingHooks(self)
         # Tests of hostile REST answers: a response for a request, or None to serve it normally.
         self.intercept: Callable[[web.Request], web.StreamResponse | None] | None = None
         self._changed = asyncio.Event()
@@ -140,6 +146,9 @@ class Emulator(FaultInjection):
         rest = RestApi(self)
         app = web.Application(middlewares=[rest.middleware])
         app.add_routes(ControlApi(self).routes())
+        # Routes of separate modules go before rest's catch-all 404.
+        app.add_routes(PublicRoutes(rest).routes("/api/v4"))
+        app.add_routes(HookRoutes(rest).routes("/api/v4"))
         app.add_routes(rest.routes())
         app.add_routes(rest.catch_all())  # after every route, whoever added it
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -195,6 +195,7 @@ class Channel:
     members: set[str] = field(default_factory=set)
     last_post_at: int = 0
     total_msg_count: int = 0
+    delete_at: int = 0  # archived when not 0
 
     def to_json(self) -> dict[str, Any]:
         """The channel as ``GET /channels/{id}`` returns it."""
@@ -202,7 +203,7 @@ class Channel:
             "id": self.id,
             "create_at": self.create_at,
             "update_at": self.update_at,
-            "delete_at": 0,
+            "delete_at": self.delete_at,
             "team_id": self.team_id,
             "type": self.type,
             "display_name": self.display_name,

@@ -27,6 +27,8 @@ from sidecar.testing.model import (
 
 # Props only integrations may set when the server runs in hardened mode (reference §3).
 RESERVED_PROPS = ("from_webhook", "override_username", "override_icon_url", "webhook_display_name")
+# Post.IsValid's list of types, without system_* (refused on the create-post path).
+POST_TYPES = ("", "slack_attachment", "me", "reminder", "add_bot_teams_channels", "burn_on_read")
 SINCE_LIMIT = 1000
 PENDING_POST_TTL = 30.0
 _EMOJI_RE = re.compile(r"^[a-zA-Z0-9\-+_]{1,64}$")
@@ -90,7 +92,7 @@ class Store(Directory):
         if check_type:
             if type.startswith("system_"):
                 raise ApiError(400, "api.context.invalid_param.app_error", "Invalid post.type.")
-            if type not in ("", "slack_attachment") and not type.startswith("custom_"):
+            if type not in POST_TYPES and not type.startswith("custom_"):
                 raise ApiError(400, "model.post.is_valid.type.app_error", "Invalid type.")
         duplicate = self._pending_duplicate(pending_post_id)
         if duplicate is not None:
