@@ -141,15 +141,17 @@ class Emulator(FaultInjection):
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def api_routes(self, rest: RestApi) -> list[web.RouteDef]:
+        """Every emulated REST route, in the router's order (the 501 catch-all goes after)."""
+        api = "/api/v4"
+        return [*PublicRoutes(rest).routes(api), *HookRoutes(rest).routes(api), *rest.routes()]
+
     async def start(self) -> None:
         """Bind and serve; ``url`` is set afterwards."""
         rest = RestApi(self)
         app = web.Application(middlewares=[rest.middleware])
         app.add_routes(ControlApi(self).routes())
-        # Routes of separate modules go before rest's catch-all 404.
-        app.add_routes(PublicRoutes(rest).routes("/api/v4"))
-        app.add_routes(HookRoutes(rest).routes("/api/v4"))
-        app.add_routes(rest.routes())
+        app.add_routes(self.api_routes(rest))
         app.add_routes(rest.catch_all())  # after every route, whoever added it
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()

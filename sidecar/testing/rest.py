@@ -184,8 +184,9 @@ def emulated_routes() -> list[str]:
     """``METHOD /api/v4/path`` of every emulated REST route, in the router's order."""
     from sidecar.testing.emulator import Emulator
 
+    emulator = Emulator()
     lines: list[str] = []
-    for route in RestApi(Emulator()).routes():
+    for route in emulator.api_routes(RestApi(emulator)):
         if isinstance(route, web.RouteDef):
             line = f"{route.method} {route.path}"
             if line not in lines and not route.path.endswith("/websocket/"):
