@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar.testing.model import ApiError, Post, forbidden, go_json, new_id, now_ms
-from sidecar.testing.public import page_params
+from sidecar.testing.postlists import page_params
 from sidecar.testing.rest import RestApi
 from sidecar.testing.rest_base import json_response
 
@@ -171,7 +171,7 @@ class HookRoutes:
     async def list_hooks(self, request: web.Request) -> web.StreamResponse:
         """The hooks the session may see, one page of them."""
         me = self.rest.session(request)
-        page, per_page = page_params(request)
+        page, per_page = page_params(request.query.get("page"), request.query.get("per_page"))
         hooks = self.rest.emu.hooks.visible(
             me.id, request.query.get("team_id", ""), request.query.get("channel_id", "")
         )

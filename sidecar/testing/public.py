@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar.testing.model import ApiError, Channel, forbidden, is_valid_id, now_ms
+from sidecar.testing.postlists import page_params
 from sidecar.testing.rest import RestApi
 from sidecar.testing.rest_base import json_response
+from sidecar.testing.rest_users import channel_member
 from sidecar.testing.websocket import broadcast
 
 if TYPE_CHECKING:
     from sidecar.testing.emulator import Emulator
-
-MAX_PER_PAGE = 200
-DEFAULT_PER_PAGE = 60
 
 
 class PublicChannels:
@@ -118,7 +117,7 @@ class PublicChannels:
                 "api.channel.add_user_to_channel.deleted.app_error",
                 "The channel has been archived or deleted.",
             )
-        member = _member(channel, user_id)
+        member = channel_member(channel, user_id, now_ms())
         if user_id in channel.members:
             return member
         self.emu.add_channel_member(channel.id, user_id)  # publishes user_added
@@ -162,47 +161,6 @@ class PublicChannels:
         self.emu.hub.publish(event, data, bcast, set(team.members))
 
 
-def _member(channel: Channel, user_id: str) -> dict[str, Any]:
-    """A ChannelMember as the server returns it."""
-    return {
-        "channel_id": channel.id,
-        "user_id": user_id,
-        "roles": "channel_user",
-        "last_viewed_at": 0,
-        "msg_count": 0,
-        "mention_count": 0,
-        "mention_count_root": 0,
-        "urgent_mention_count": 0,
-        "msg_count_root": 0,
-        "notify_props": {
-            "desktop": "default",
-            "email": "default",
-            "ignore_channel_mentions": "default",
-            "mark_unread": "all",
-            "push": "default",
-        },
-        "last_update_at": now_ms(),
-        "scheme_guest": False,
-        "scheme_user": True,
-        "scheme_admin": False,
-        "explicit_roles": "",
-    }
-
-
-def page_params(request: web.Request) -> tuple[int, int]:
-    """``page`` and ``per_page`` (default 60, at most 200); 400 when not numbers."""
-    try:
-        page = int(request.query.get("page", "0") or 0)
-        per_page = int(request.query.get("per_page", str(DEFAULT_PER_PAGE)) or DEFAULT_PER_PAGE)
-    except ValueError:
-        raise ApiError(
-            400, "api.context.invalid_url_param.app_error", "Invalid URL parameter."
-        ) from None
-    if page < 0 or per_page < 0:
-        raise ApiError(400, "api.context.invalid_url_param.app_error", "Invalid URL parameter.")
-    return page, min(per_page or DEFAULT_PER_PAGE, MAX_PER_PAGE)
-
-
 class PublicRoutes:
     """The REST routes of this module, bound to the emulator's RestApi."""
 
@@ -223,7 +181,7 @@ class PublicRoutes:
         team = store.team(self.rest.param_id(request, "team_id"))
         if me.id not in team.members:
             raise forbidden()
-        page, per_page = page_params(request)
+        page, per_page = page_params(request.query.get("page"), request.query.get("per_page"))
         public = sorted(
             (
                 c

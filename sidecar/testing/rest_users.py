@@ -31,8 +31,9 @@ def team_member(team_id: str, user_id: str) -> dict[str, Any]:
     }
 
 
-def channel_member(channel: Channel, user_id: str) -> dict[str, Any]:
-    """A ChannelMember as the server renders it."""
+def channel_member(channel: Channel, user_id: str, updated: int = 0) -> dict[str, Any]:
+    """A ChannelMember as the server renders it (``updated``: its last change, ms; default the
+    channel's creation)."""
     return {
         "channel_id": channel.id,
         "user_id": user_id,
@@ -50,7 +51,7 @@ def channel_member(channel: Channel, user_id: str) -> dict[str, Any]:
             "mark_unread": "all",
             "push": "default",
         },
-        "last_update_at": channel.create_at,
+        "last_update_at": updated or channel.create_at,
         "scheme_guest": False,
         "scheme_user": True,
         "scheme_admin": False,
