@@ -85,6 +85,14 @@ class Cluster:
             cur = conn.execute(query.encode())
             return cur.fetchall() if cur.description else []
 
+    def require_password(self, role: str) -> None:
+        """Make ``role`` authenticate with a password over TCP (the others stay on trust)."""
+        hba = self.dir / "data" / "pg_hba.conf"
+        rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        if rule not in hba.read_text():
+            hba.write_text(rule + hba.read_text())
+        assert self.sql("SELECT pg_reload_conf()") == [(True,)]
+
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(_counter)}"
         self.sql(f"CREATE DATABASE {name}")
