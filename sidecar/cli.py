@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_demo)
 
+    from sidecar.migrate import add_parser as add_state_parser  # `state migrate` (HA)
+
+    add_state_parser(sub)
+
     p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
     p.add_argument("--port", type=int, default=8065)
     p.add_argument("--seed", help="seed file (TOML or JSON)")

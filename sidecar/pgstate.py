@@ -122,6 +122,25 @@ def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
     return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs)
 
 
+def replace_all(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    cursors: dict[str, int],
+    seen: dict[str, int],
+    jobs: list[tuple[Any, ...]],
+) -> None:
+    """Replace the whole state (``state migrate``): one transaction; the leader row is kept."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute("DELETE FROM cursor")
+        conn.execute("DELETE FROM seen")
+        conn.execute("DELETE FROM outbox")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO cursor VALUES (%s, %s)", list(cursors.items()))
+            cur.executemany("INSERT INTO seen VALUES (%s, %s)", list(seen.items()))
+            cur.executemany("INSERT INTO outbox VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", jobs)
+
+
 class PgState:
     """The state in PostgreSQL and its writer task (same interface as ``State``)."""
 
