@@ -46,6 +46,7 @@ SIDECAR_KEYS = (
     "state_dir", "listen", "log_format", "allowed_untrusted_internal_connections",
     "enable_post_username_override", "enable_post_icon_override", "max_in_flight",
     "catch_up_window", "shutdown_timeout",
+    "state_url", "state_password_file", "state_schema", "lease_check_interval",
 )
 WEBHOOK_KEYS = (
     "name", "description", "team", "channels", "channel_types", "trigger_words", "trigger_when",
@@ -119,6 +120,11 @@ class SidecarConfig:
     max_in_flight: int = 64
     catch_up_window: float = 3600.0
     shutdown_timeout: float = 10.0
+    # HA (issue 13): "" = SQLite in state_dir; "postgresql://…" = shared state, one active replica.
+    state_url: str = ""
+    state_password_file: Path | None = None
+    state_schema: str = "mm_sidecar"
+    lease_check_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +311,32 @@ def _sidecar(t: Table) -> SidecarConfig:
         max_in_flight=t.integer("max_in_flight", d.max_in_flight, lo=1, hi=100_000),
         catch_up_window=t.number("catch_up_window", d.catch_up_window, lo=0),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, lo=0),
+        **_ha_keys(t, d),
     )
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _ha_keys(t: Table, d: SidecarConfig) -> dict[str, Any]:
+    """``state_url``, ``state_password_file``, ``state_schema``, ``lease_check_interval``."""
+    url = t.string("state_url", d.state_url)
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        t.error("state_url", f'must be "" or "postgresql://user@host/db", got {show(url)}')
+    elif url and ":" in url.split("://", 1)[1].partition("@")[0] and "@" in url:
+        t.error("state_url", "must not hold the password: use state_password_file")
+    file = t.string("state_password_file", "")
+    schema = t.string("state_schema", d.state_schema)
+    if not _SCHEMA_NAME.fullmatch(schema):
+        t.error("state_schema", f"must be a lower-case SQL identifier, got {show(schema)}")
+    return {
+        "state_url": url,
+        "state_password_file": t.report.base_dir / os.path.expanduser(file) if file else None,
+        "state_schema": schema,
+        "lease_check_interval": t.number(
+            "lease_check_interval", d.lease_check_interval, lo=0.1, hi=60
+        ),
+    }
 
 
 def _cidr_problem(entry: str) -> str | None:
