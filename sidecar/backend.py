@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from sidecar.state import Job, Snapshot, State
+from sidecar.state import Job, Snapshot, State, StateError
+
+
+class Fenced(StateError):
+    """A write refused because another replica took the lease (the epoch moved on)."""
+
+
+class StateUnavailable(StateError):
+    """The shared state cannot be reached (PostgreSQL down or unreachable); try again later."""
 
 
 class StateBackend(Protocol):

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sidecar.backend import Fenced, StateUnavailable
 from sidecar.pgconn import PgTarget
 from sidecar.state import Job, Snapshot, StateError, _job_from_row, _Rows
 
@@ -62,10 +63,6 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 _EPOCH = "SELECT epoch FROM leader WHERE id = 1 FOR SHARE"
-
-
-class Fenced(StateError):
-    """A write refused because another replica took the lease (the epoch moved on)."""
 
 
 def lock_key(purpose: str, schema: str) -> sql.Composed:
@@ -168,7 +165,7 @@ class PgState:
         try:
             conn = psycopg.connect(self.target.url, **self.target.kwargs())
         except psycopg.Error as exc:
-            raise StateError(f"cannot connect to {self.target.safe_url}: {exc}") from exc
+            raise StateUnavailable(f"cannot connect to {self.target.safe_url}: {exc}") from exc
         for stmt in self.target.setup_sql()[:-1]:
             conn.execute(stmt.encode())
         return conn
