@@ -90,6 +90,7 @@ class HighAvailability:
         """Wait for the lease; True once it is ours, False when ``stop`` came first."""
         self.active_gauge.set(0)
         self._status("standby")
+        log.info("standby: trying the lease every %g s", self.lease.check_interval)
         interval = self.app.notifier.watchdog_interval()
         while not stop.is_set():
             if interval:
@@ -110,7 +111,10 @@ class HighAvailability:
             self._schema_ready = True
         epoch = await self.lease.try_acquire()
         if epoch is None:
-            self.reachable = self.lease.backend_pid is not None
+            if self.lease.last_error is not None:
+                self._unreachable(self.lease.last_error)
+            else:
+                self.reachable = True
             return False
         self.reachable = True
         return True

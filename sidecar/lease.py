@@ -61,6 +61,7 @@ class Lease:
         self.active = False
         self.epoch: int | None = None
         self.takeovers = 0
+        self.last_error: BaseException | None = None  # of the last failed attempt, if any
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._key = lock_key("lease", target.schema)
 
@@ -79,6 +80,7 @@ class Lease:
         """
         if self.active:
             return self.epoch
+        self.last_error = None
         try:
             conn = await self._connection()
             cur = await conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(self._key))
@@ -106,6 +108,7 @@ class Lease:
                 raise RuntimeError("the leader row is missing (schema not migrated?)")
         except (psycopg.Error, OSError) as exc:
             log.debug("lease: attempt failed: %s", exc)
+            self.last_error = exc
             await self._drop()
             return None
         self.active, self.epoch = True, int(row[0])
