@@ -126,3 +126,60 @@ async def test_sigkill_of_the_active_replica_under_load(
     )
     print(f"killed after post {kill_at}; {repeats} repeated deliveries (same webhook-id)")
     assert await a.wait_exit() == -signal.SIGKILL
+
+
+async def test_postgresql_restarted_under_load(
+    world: World, cb: CallbackRecorder, tmp_path: Path, pg_cluster: Cluster, pg_url: str
+) -> None:
+    hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
+    configs = [
+        make_config(world, tmp_path / name, [hook], state_url=pg_url, lease_check_interval=0.2)
+        for name in ("a", "b")
+    ]
+    async with running(configs[0]) as a, running(configs[1]) as b:
+        texts = [f"msg {i}" for i in range(40)]
+        for text in texts[:20]:
+            world.mm.post(world.alice["id"], world.dev["id"], text)
+            await asyncio.sleep(0.01)
+        restart = asyncio.create_task(asyncio.to_thread(pg_cluster.restart))
+        for text in texts[20:]:
+            world.mm.post(world.alice["id"], world.dev["id"], text)
+            await asyncio.sleep(0.01)
+        await restart
+        await wait_until(lambda: delivered(cb) == set(texts), timeout=30, what="every post")
+        check_delivered(cb, set(texts))
+        await wait_until(
+            lambda: sorted(roles([a, b])) == ["active", "standby"], timeout=20, what="roles"
+        )
+        # The restart ended the lease session: the lease was taken again, at a new epoch.
+        [(epoch,)] = pg_cluster.sql("SELECT epoch FROM mm_sidecar.leader", pg_url.rsplit("/")[-1])
+        assert isinstance(epoch, int) and epoch >= 2
+
+
+async def test_a_rolling_restart_of_three_replicas_loses_nothing(
+    world: World, cb: CallbackRecorder, tmp_path: Path, pg_url: str
+) -> None:
+    hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
+    configs = [
+        make_config(world, tmp_path / name, [hook], state_url=pg_url, lease_check_interval=0.2)
+        for name in ("a", "b", "c")
+    ]
+    replicas = [running(c) for c in configs]
+    apps = [await r.__aenter__() for r in replicas]
+    texts: list[str] = []
+    try:
+        for i in range(3):
+            for _ in range(10):
+                texts.append(f"msg {len(texts)}")
+                world.mm.post(world.alice["id"], world.dev["id"], texts[-1])
+                await asyncio.sleep(0.01)
+            await replicas[i].__aexit__(None, None, None)  # SIGTERM-like: drain, release
+            replicas[i] = running(configs[i])
+            apps[i] = await replicas[i].__aenter__()
+            await wait_until(lambda: "active" in roles(apps), timeout=20, what="an active")
+        await wait_until(lambda: delivered(cb) == set(texts), timeout=30, what="every post")
+        check_delivered(cb, set(texts))
+        assert sorted(roles(apps)) == ["active", "standby", "standby"]
+    finally:
+        for r in replicas:
+            await r.__aexit__(None, None, None)
