@@ -136,6 +136,7 @@ class State:
         except OSError as exc:
             raise StateError(f"cannot create state_dir {self.path.parent}: {exc}") from exc
         fresh = not self.path.exists()
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -163,12 +164,17 @@ class State:
                     "FROM outbox ORDER BY created_at"
                 )
             ]
+        except StateError:
+            _close(conn)  # a refused file is not left open
+            raise
         except sqlite3.DatabaseError as exc:
+            _close(conn)
             raise StateError(
                 f"state file {self.path} is unreadable ({exc}); "
                 "run with --reset-state to move it aside and start afresh"
             ) from exc
         except (ValueError, KeyError, TypeError) as exc:
+            _close(conn)
             raise StateError(
                 f"state file {self.path} holds a malformed outbox row ({exc}); "
                 "run with --reset-state to move it aside and start afresh"
@@ -371,6 +377,11 @@ class _Rows:
             conn.executemany("DELETE FROM outbox WHERE id=?", self.finished)
         if self.prune is not None:
             conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
+
+
+def _close(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        conn.close()
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -47,7 +47,15 @@ async def fill_sqlite(state_dir: Path) -> Snapshot:
     await state.record([job(4)], "chan", 1500, ["post4"], 1500)
     await state.finish_job("msg_4/0")  # finished: not migrated as a job
     await state.close()
-    return await asyncio.to_thread(State(state_dir).open)
+    return await asyncio.to_thread(read_sqlite, state_dir)
+
+
+def read_sqlite(state_dir: Path) -> Snapshot:
+    state = State(state_dir)
+    try:
+        return state.open()
+    finally:
+        asyncio.run(state.close())
 
 
 def same(a: Snapshot, b: Snapshot) -> None:
@@ -68,7 +76,7 @@ async def test_round_trip_with_unfinished_jobs(
     back = tmp_path / "two" / "state.sqlite3"
     argv = ["state", "migrate", "--from", pg_url, "--to", f"sqlite://{back}"]
     assert await asyncio.to_thread(main, argv) == 0
-    same(await asyncio.to_thread(State(back.parent).open), before)
+    same(await asyncio.to_thread(read_sqlite, back.parent), before)
 
 
 async def test_a_target_holding_state_is_refused_unless_forced(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.backend import StateBackend
-from sidecar.state import DB_NAME, Job, State, StateError
+from sidecar.state import DB_NAME, Job, Snapshot, State, StateError
 
 Factory = Callable[[], StateBackend]
 
@@ -29,6 +29,15 @@ def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
 
     url: str = request.getfixturevalue("pg_url")
     return lambda: PgState(PgTarget(url, schema="mm_sidecar"))
+
+
+async def reopen(make_state: Factory) -> Snapshot:
+    """What a restart reads back (the store closed again afterwards)."""
+    state = make_state()
+    try:
+        return state.open()
+    finally:
+        await state.close()
 
 
 def job(n: int) -> Job:
@@ -69,7 +78,7 @@ async def test_round_trip_and_burst_in_one_transaction(make_state: Factory) -> N
     again.start_writer()
     await again.prune_seen(1010)
     await again.close()
-    assert len(make_state().open().seen) == 40
+    assert len((await reopen(make_state)).seen) == 40
 
 
 async def test_cursor_never_moves_back(make_state: Factory) -> None:
@@ -79,7 +88,7 @@ async def test_cursor_never_moves_back(make_state: Factory) -> None:
     await state.processed("chan", 2000, ["a"], 2000)
     await state.processed("chan", 1500, ["b"], 1500)
     await state.close()
-    assert make_state().open().cursors == {"chan": 2000}
+    assert (await reopen(make_state)).cursors == {"chan": 2000}
 
 
 def test_corrupt_file_is_an_error_with_a_way_out(tmp_path: Path) -> None:
@@ -88,11 +97,20 @@ def test_corrupt_file_is_an_error_with_a_way_out(tmp_path: Path) -> None:
         State(tmp_path).open()
     aside = State.reset(tmp_path)
     assert aside is not None and aside.read_bytes().startswith(b"this is not")  # kept, not wiped
-    assert State(tmp_path).open().fresh
+    assert opened(tmp_path).fresh
+
+
+def opened(state_dir: Path) -> Snapshot:
+    """Open the SQLite state and close it again (no connection left for the GC to warn on)."""
+    state = State(state_dir)
+    try:
+        return state.open()
+    finally:
+        asyncio.run(state.close())
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
-    State(tmp_path).open()
+    opened(tmp_path)
     conn = sqlite3.connect(tmp_path / DB_NAME)
     conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.commit()
@@ -111,6 +129,7 @@ def test_wal_mode_and_manual_checkpoints(tmp_path: Path) -> None:
     assert state._conn is not None
     assert state._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert state._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    state._conn.close()
 
 
 async def test_next_attempt_time_survives_a_restart(make_state: Factory) -> None:
@@ -122,7 +141,7 @@ async def test_next_attempt_time_survives_a_restart(make_state: Factory) -> None
     j.attempts, j.next_at = 2, 1234567890.5
     await state.update_job(j)
     await state.close()
-    [back] = make_state().open().jobs
+    [back] = (await reopen(make_state)).jobs
     assert (back.attempts, back.next_at, back.stage) == (2, 1234567890.5, "deliver")
 
 
@@ -138,7 +157,7 @@ async def test_reply_stage_and_response_survive_a_restart(make_state: Factory) -
     # Added and finished in the same burst: the delete follows the insert.
     await asyncio.gather(state.add_jobs([gone]), state.finish_job(gone.id))
     await state.close()
-    snap = make_state().open()
+    snap = await reopen(make_state)
     assert [(b.id, b.stage, b.attempts, b.response) for b in snap.jobs] == [
         (j.id, "reply", 1, b'{"text": "done \\u00e9"}\x00')
     ]
