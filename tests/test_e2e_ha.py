@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from test_e2e_process import Start, write_config
-from test_e2e_process import start as start  # the fixture
-
 from harness import World, make_config, running, wait_until
 from pg import Cluster
 from sidecar.app import Sidecar
 from sidecar.testing.recorder import CallbackRecorder, Recorded
+from tcpproxy import TcpProxy
+from test_e2e_process import Start, write_config
+from test_e2e_process import start as start  # the fixture
 
 
 def text_of(req: Recorded) -> str:
@@ -186,3 +186,45 @@ async def test_a_rolling_restart_of_three_replicas_loses_nothing(
     finally:
         for r in replicas:
             await r.__aexit__(None, None, None)
+
+
+async def test_a_cut_off_active_stops_delivering_and_the_other_takes_over(
+    world: World, cb: CallbackRecorder, tmp_path: Path, pg_cluster: Cluster, pg_url: str
+) -> None:
+    """The active's session is terminated and its reconnects refused (a TCP proxy)."""
+    hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
+    async with TcpProxy(pg_cluster.port) as proxy:
+        via_proxy = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+        config_a = make_config(
+            world, tmp_path / "a", [hook], state_url=via_proxy, lease_check_interval=0.2
+        )
+        config_b = make_config(
+            world, tmp_path / "b", [hook], state_url=pg_url, lease_check_interval=0.2
+        )
+        async with running(config_a) as a:
+            await wait_until(lambda: roles([a]) == ["active"], what="a active")
+            async with running(config_b) as b:
+                texts = [f"msg {i}" for i in range(40)]
+                for text in texts[:20]:
+                    world.mm.post(world.alice["id"], world.dev["id"], text)
+                    await asyncio.sleep(0.01)
+                proxy.block()
+                pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
+                # It stops reading and delivering: no websocket, nothing running in its outbox.
+                await wait_until(
+                    lambda: not a.ha.lease.active and a.outbox is not None and a.outbox.depth == 0,
+                    timeout=3,
+                    what="a to stand down",
+                )
+                assert not a.gateway.connected
+                assert a.outbox is not None
+                delivered_by_a = a.outbox.counters.delivered
+                for text in texts[20:]:
+                    world.mm.post(world.alice["id"], world.dev["id"], text)
+                    await asyncio.sleep(0.01)
+                await wait_until(lambda: roles([b]) == ["active"], timeout=10, what="b active")
+                await wait_until(lambda: delivered(cb) == set(texts), timeout=20, what="all")
+                check_delivered(cb, set(texts))
+                assert a.outbox.counters.delivered == delivered_by_a  # none after standing down
+                assert roles([a]) == ["standby: PostgreSQL unreachable"]
+                assert proxy.refused > 0
