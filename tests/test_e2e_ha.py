@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
+
 from harness import World, make_config, running, wait_until
 from pg import Cluster
 from sidecar.app import Sidecar
@@ -228,3 +230,74 @@ async def test_a_cut_off_active_stops_delivering_and_the_other_takes_over(
                 assert a.outbox.counters.delivered == delivered_by_a  # none after standing down
                 assert roles([a]) == ["standby: PostgreSQL unreachable"]
                 assert proxy.refused > 0
+
+
+def log_time(line: str) -> float:
+    """The wall-clock time of a daemon log line (``HH:MM:SS.mmm``, local time, today)."""
+    h, m, s = line.split()[0].split(":")
+    midnight = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+    return midnight + int(h) * 3600 + int(m) * 60 + float(s)
+
+
+@pytest.mark.slow
+async def test_failover_times_over_ten_kills(
+    world: World,
+    cb: CallbackRecorder,
+    tmp_path: Path,
+    pg_url: str,
+    start: Start,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Not a pass/fail timing: prints kill → takeover and kill → first new delivery, p50/max.
+
+    A measurement (about 15 s): runs only when asked for, ``pytest -m slow -s``.
+    """
+    if "slow" not in str(request.config.getoption("-m") or ""):
+        pytest.skip("a measurement: run it with pytest -m slow -s")
+    hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        configs.append(
+            write_config(tmp_path / name / "sidecar.toml", world, [hook], state_url=pg_url)
+        )
+    daemons = [await start(c, ready="standby: trying the lease") for c in configs]
+    takeover: list[float] = []
+    first_delivery: list[float] = []
+    posted: list[str] = []
+    for kill in range(10):
+        epoch = kill + 1
+        await wait_until(
+            lambda e=epoch: any(d.count(f"active (epoch {e})") for d in daemons),
+            timeout=20,
+            what=f"epoch {epoch}",
+        )
+        i = 0 if daemons[0].count(f"active (epoch {epoch})") else 1
+        active, standby = daemons[i], daemons[1 - i]
+        await active.wait_line("websocket connected", count=1)
+        posted.append(f"before {kill}")
+        world.mm.post(world.alice["id"], world.dev["id"], posted[-1])
+        await wait_until(lambda p=posted: delivered(cb) >= set(p), what="delivered before kill")
+        active.proc.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        after = []
+        while not standby.count(f"active (epoch {epoch + 1})"):
+            after.append(f"after {kill}.{len(after)}")
+            world.mm.post(world.alice["id"], world.dev["id"], after[-1])
+            await asyncio.sleep(0.05)
+            assert time.time() - killed_at < 30, standby.log
+        posted += after
+        await wait_until(lambda p=posted: delivered(cb) >= set(p), timeout=20, what="delivered")
+        [line] = [x for x in standby.lines if f"active (epoch {epoch + 1})" in x]
+        takeover.append(log_time(line) - killed_at)
+        first = min(r.received_at for r in cb.requests if text_of(r) in set(after))
+        first_delivery.append(first - killed_at)
+        await active.wait_exit()
+        daemons[i] = await start(configs[i], ready="standby: trying the lease")
+    check_delivered(cb, set(posted))
+    for name, values in (
+        ("kill → takeover", takeover),
+        ("kill → first new delivery", first_delivery),
+    ):
+        values.sort()
+        print(f"{name}: p50 {values[len(values) // 2]:.2f} s, max {values[-1]:.2f} s")
