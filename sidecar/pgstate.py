@@ -286,10 +286,13 @@ class PgState:
         while True:
             try:
                 conn = await self._connection()
-                async with conn.transaction():
-                    if self.epoch is not None:
-                        await self._check_epoch(conn, self.epoch)
+                # One pipeline: BEGIN, the epoch read (FOR SHARE: a takeover waits for us),
+                # the writes, then the epoch is checked before COMMIT (a mismatch rolls back).
+                async with conn.pipeline(), conn.transaction():
+                    epoch = None if self.epoch is None else await conn.execute(_EPOCH)
                     await _write(conn, rows)
+                    if epoch is not None and self.epoch is not None:
+                        _check_epoch(await epoch.fetchone(), self.epoch)
                 return
             except Fenced as exc:
                 log.warning("state write refused: %s", exc)
@@ -305,42 +308,52 @@ class PgState:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    @staticmethod
-    async def _check_epoch(conn: psycopg.AsyncConnection[Any], epoch: int) -> None:
-        row = await (await conn.execute(_EPOCH)).fetchone()
-        current = None if row is None else row[0]
-        if current != epoch:
-            raise Fenced(f"the lease moved to epoch {current}; this replica holds {epoch}")
+
+def _check_epoch(row: tuple[Any, ...] | None, epoch: int) -> None:
+    current = None if row is None else row[0]
+    if current != epoch:
+        raise Fenced(f"the lease moved to epoch {current}; this replica holds {epoch}")
 
 
 async def _write(conn: psycopg.AsyncConnection[Any], rows: _Rows) -> None:
-    """The statements of one burst, in ``_Rows``' safe order (each batch pipelined)."""
+    """The statements of one burst, in ``_Rows``' safe order: one statement per kind, the rows
+    passed as arrays (``unnest``), so the server parses and plans each once per burst."""
     cur = conn.cursor()
     if rows.jobs:
-        await cur.executemany(
-            "INSERT INTO outbox VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        await cur.execute(
+            "INSERT INTO outbox SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
+            "%s::int[], %s::text[], %s::bytea[], %s::bytea[], %s::float8[], %s::float8[]) "
             "ON CONFLICT (id) DO NOTHING",
-            rows.jobs,
+            _columns(rows.jobs, 9),
         )
     if rows.updates:
-        await cur.executemany(
-            "UPDATE outbox SET stage = %s, attempts = %s, response = %s, next_at = %s "
-            "WHERE id = %s",
-            rows.updates,
+        last = {u[4]: u for u in rows.updates}  # the last update of a job wins
+        await cur.execute(
+            "UPDATE outbox o SET stage = u.stage, attempts = u.attempts, "
+            "response = u.response, next_at = u.next_at "
+            "FROM unnest(%s::text[], %s::int[], %s::bytea[], %s::float8[], %s::text[]) "
+            "AS u(stage, attempts, response, next_at, id) WHERE o.id = u.id",
+            _columns(list(last.values()), 5),
         )
     if rows.cursors:
-        await cur.executemany(
-            "INSERT INTO cursor VALUES (%s, %s) ON CONFLICT (channel_id) "
+        await cur.execute(
+            "INSERT INTO cursor SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+            "ON CONFLICT (channel_id) "
             "DO UPDATE SET create_at = greatest(cursor.create_at, excluded.create_at)",
-            list(rows.cursors.items()),
+            _columns(list(rows.cursors.items()), 2),
         )
     if rows.seen:
         await cur.execute(
             "INSERT INTO seen SELECT * FROM unnest(%s::text[], %s::bigint[]) "
             "ON CONFLICT (key) DO UPDATE SET at = excluded.at",
-            list(map(list, zip(*dict(rows.seen).items(), strict=True))),
+            _columns(list(dict(rows.seen).items()), 2),
         )
     if rows.finished:
         await cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([f[0] for f in rows.finished],))
     if rows.prune is not None:
         await cur.execute("DELETE FROM seen WHERE at < %s", (rows.prune,))
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Row tuples → one list per column (the arrays of an ``unnest``)."""
+    return [[r[i] for r in rows] for i in range(width)]

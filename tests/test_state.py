@@ -162,3 +162,20 @@ async def test_reply_stage_and_response_survive_a_restart(make_state: Factory) -
         (j.id, "reply", 1, b'{"text": "done \\u00e9"}\x00')
     ]
     assert not snap.fresh
+
+
+async def test_the_last_update_of_a_burst_wins(make_state: Factory) -> None:
+    state = make_state()
+    state.open()
+    state.start_writer()
+    j = job(5)
+    await state.add_jobs([j])
+    updates = []
+    for attempts in (1, 2, 3):  # queued together: one transaction
+        j.attempts, j.next_at = attempts, 100.0 + attempts
+        updates.append(state.update_job(j))
+    await asyncio.gather(*updates, state.processed("chan", 10, ["k", "k"], 10))
+    await state.close()
+    snap = await reopen(make_state)
+    assert [(b.attempts, b.next_at) for b in snap.jobs] == [(3, 103.0)]
+    assert snap.seen == {"k": 10}
