@@ -176,7 +176,11 @@ class PgState:
         try:
             found = migrate(conn, self.target.schema)
             conn.execute(self.target.setup_sql()[-1].encode())
-            return read_snapshot(conn, fresh=found == 0)
+            # Fresh = nothing ever processed (not "schema just created"): with HA the schema
+            # is made by whichever replica starts first, the state by the first active one.
+            snap = read_snapshot(conn, fresh=True)
+            snap.fresh = found == 0 or not (snap.cursors or snap.seen or snap.jobs)
+            return snap
         except psycopg.Error as exc:
             raise StateError(f"PostgreSQL state at {self.target.safe_url}: {exc}") from exc
         finally:

@@ -301,3 +301,28 @@ async def test_failover_times_over_ten_kills(
     ):
         values.sort()
         print(f"{name}: p50 {values[len(values) // 2]:.2f} s, max {values[-1]:.2f} s")
+
+
+async def test_posts_made_while_no_replica_runs_are_caught_up_after_a_first_start(
+    world: World, cb: CallbackRecorder, tmp_path: Path, pg_cluster: Cluster, pg_url: str
+) -> None:
+    """The first active replica saves its starting position although a standby made the
+    schema, so the next one catches up from there (and not from "now")."""
+    hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
+    configs = [
+        make_config(world, tmp_path / name, [hook], state_url=pg_url, lease_check_interval=0.2)
+        for name in ("a", "b")
+    ]
+    db = pg_url.rsplit("/", 1)[1]
+    async with running(configs[0]) as a:
+        await wait_until(lambda: roles([a]) == ["active"], what="a active")
+        await wait_until(
+            lambda: pg_cluster.sql("SELECT count(*) FROM mm_sidecar.cursor", db) == [(1,)],
+            what="the starting position saved",
+        )
+    texts = [f"while down {i}" for i in range(3)]
+    for text in texts:
+        world.mm.post(world.alice["id"], world.dev["id"], text)
+    async with running(configs[1]):
+        await wait_until(lambda: delivered(cb) == set(texts), what="the catch-up")
+    check_delivered(cb, set(texts))

@@ -56,12 +56,24 @@ async def test_tables_live_in_their_own_schema(pg_cluster: Cluster, pg_url: str)
     assert not PgState(PgTarget(pg_url, schema="sidecar_ha")).open().fresh
 
 
-def test_two_replicas_opening_at_once_both_succeed(pg_url: str) -> None:
+async def test_fresh_until_something_is_processed(pg_url: str) -> None:
+    """A standby creates the schema; the first active must still see a first start."""
+    assert PgState(PgTarget(pg_url)).open().fresh
+    state = PgState(PgTarget(pg_url))
+    assert state.open().fresh  # schema there, nothing processed yet
+    state.start_writer()
+    await state.processed("position", 5, [], 5)
+    await state.close()
+    assert not PgState(PgTarget(pg_url)).open().fresh
+
+
+def test_replicas_opening_at_once_all_succeed(pg_cluster: Cluster, pg_url: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(4) as pool:  # the migration lock serialises them
         snaps = list(pool.map(lambda _: PgState(PgTarget(pg_url)).open(), range(4)))
-    assert sum(s.fresh for s in snaps) == 1  # exactly one created the schema
+    assert all(s.fresh for s in snaps)
+    assert pg_cluster.sql("SELECT count(*) FROM mm_sidecar.leader", db_of(pg_url)) == [(1,)]
 
 
 def test_a_newer_schema_version_is_refused(pg_cluster: Cluster, pg_url: str) -> None:
