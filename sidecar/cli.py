@@ -226,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     from sidecar.app import Sidecar
+    from sidecar.backend import StateUnavailable
     from sidecar.mattermost import MattermostError, Unauthorized
     from sidecar.notify import Notifier
     from sidecar.state import State, StateError
@@ -261,6 +262,9 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     except Unauthorized as exc:
         log.error("the bot token was rejected by the server (%s): fix the token; not retrying", exc)
         return EX_CONFIG
+    except StateUnavailable as exc:  # PostgreSQL (HA) out of reach: a restart may help
+        log.error("%s", exc)
+        return EX_FAIL
     except StateError as exc:
         log.error("%s", exc)
         return EX_CONFIG

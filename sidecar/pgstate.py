@@ -307,7 +307,7 @@ class PgState:
                 await self._drop()
                 if time.monotonic() + delay > deadline:
                     log.error("state write failed: %s", exc)
-                    raise StateError(f"state write failed: {exc}") from exc
+                    raise StateUnavailable(f"state write failed: {exc}") from exc
                 log.warning("state write: %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pg import Cluster
+from sidecar.backend import StateUnavailable
 from sidecar.pgconn import PgTarget, read_password, redact_url
 from sidecar.pgstate import SCHEMA_VERSION, Fenced, PgState
 from sidecar.state import Job, StateError
@@ -125,7 +126,7 @@ async def test_an_unreachable_server_fails_the_write_after_the_retry_bound(
     with pytest.raises(StateError, match="cannot connect"):
         state.open()
     state.start_writer()
-    with pytest.raises(StateError, match="state write failed"):
+    with pytest.raises(StateUnavailable, match="state write failed"):  # exit 1, not 78
         await asyncio.wait_for(state.finish_job("x"), 10)
     await state.close()
 
