@@ -83,6 +83,9 @@ class HighAvailability:
                     return
                 await self._active(stop)
         finally:
+            if not self.app._stopping:  # stopped as a standby: serve_term did not say it
+                self.app._stopping = True
+                self.app.notifier.stopping()
             await self.lease.close()
             self.active_gauge.set(0)
 

@@ -8,18 +8,22 @@ post delivered twice (in flight at the switch) carries the same ``webhook-id`` b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import aiohttp
 import pytest
 
-from harness import World, make_config, running, wait_until
+from harness import FAST, World, make_config, running, wait_until
 from pg import Cluster
 from sidecar.app import Sidecar
+from sidecar.notify import Notifier
 from sidecar.testing.recorder import CallbackRecorder, Recorded
 from tcpproxy import TcpProxy
 from test_e2e_process import Start, write_config
@@ -326,3 +330,52 @@ async def test_posts_made_while_no_replica_runs_are_caught_up_after_a_first_star
     async with running(configs[1]):
         await wait_until(lambda: delivered(cb) == set(texts), what="the catch-up")
     check_delivered(cb, set(texts))
+
+
+async def test_roles_are_visible_in_readyz_metrics_and_systemd(
+    world: World, tmp_path: Path, pg_url: str
+) -> None:
+    hook = {"trigger_words": ["x"], "callback_urls": ["http://127.0.0.1:9/"]}
+    configs = [
+        make_config(
+            world,
+            tmp_path / name,
+            [hook],
+            state_url=pg_url,
+            lease_check_interval=0.2,
+            listen="127.0.0.1:0",
+        )
+        for name in ("a", "b")
+    ]
+    path = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    try:
+        async with running(configs[0]) as a:
+            await wait_until(lambda: roles([a]) == ["active"], what="a active")
+            b = Sidecar(configs[1], tuning=FAST, notifier=Notifier({"NOTIFY_SOCKET": path}))
+            stop = asyncio.Event()
+            async with b:
+                task = asyncio.create_task(b.serve(stop))
+                await wait_until(lambda: roles([b]) == ["standby"], what="b standby")
+                for app, role, active in ((a, "active", 1), (b, "standby", 0)):
+                    assert app.health is not None
+                    base = f"http://127.0.0.1:{app.health.port}"
+                    async with aiohttp.ClientSession() as http:
+                        async with http.get(base + "/readyz") as resp:
+                            assert (resp.status, (await resp.text()).strip()) == (200, role)
+                        async with http.get(base + "/metrics") as resp:
+                            text = await resp.text()
+                    assert f"mm_sidecar_active {active}.0" in text
+                    assert f"mm_sidecar_takeovers_total {active}.0" in text
+                stop.set()
+                await task
+        got = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got.append(receiver.recv(4096).decode())
+    finally:
+        receiver.close()
+    assert got[0].split("\n") == ["READY=1", "STATUS=standby; 1 webhooks"]
+    assert got[-1] == "STOPPING=1"
