@@ -110,7 +110,13 @@ def config_secrets(config: Config) -> list[str]:
     for w in config.webhooks:
         secrets.append(w.token)
         secrets.extend(w.signing_secrets)
-    return secrets
+    if config.sidecar.state_url:  # the PostgreSQL password (HA), wherever it comes from
+        from sidecar.pgconn import read_password
+
+        with contextlib.suppress(OSError):
+            secrets.append(read_password(config.sidecar.state_password_file) or "")
+        secrets.append(os.environ.get("PGPASSWORD", ""))
+    return [s for s in secrets if s]
 
 
 # -- commands ----------------------------------------------------------------------------------

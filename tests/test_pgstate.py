@@ -171,3 +171,21 @@ def test_the_password_reaches_the_server(pg_cluster: Cluster, pg_url: str) -> No
         pg_cluster.sql("DROP OWNED BY sidecar", db)
         pg_cluster.sql(f"REVOKE ALL ON DATABASE {db} FROM sidecar")
         pg_cluster.sql("DROP ROLE sidecar")
+
+
+def test_the_password_is_redacted_from_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecar.cli import config_secrets
+    from sidecar.config import parse_config
+
+    (tmp_path / "pg.pw").write_text("pg-secret-1\n")
+    monkeypatch.setenv("PGPASSWORD", "pg-secret-2")
+    data = {
+        "mattermost": {"url": "https://chat.example.com", "token": "t" * 26},
+        "sidecar": {"state_url": "postgresql://u@db/mm", "state_password_file": "pg.pw"},
+        "webhook": [{"name": "h", "callback_urls": ["https://ci.example.com/"], "token": "w" * 26}],
+    }
+    config = parse_config(data, path=tmp_path / "config.toml", env={})
+    secrets = config_secrets(config)
+    assert "pg-secret-1" in secrets and "pg-secret-2" in secrets
