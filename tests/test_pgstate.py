@@ -184,7 +184,14 @@ def test_the_password_is_redacted_from_logs(
     data = {
         "mattermost": {"url": "https://chat.example.com", "token": "t" * 26},
         "sidecar": {"state_url": "postgresql://u@db/mm", "state_password_file": "pg.pw"},
-        "webhook": [{"name": "h", "callback_urls": ["https://ci.example.com/"], "token": "w" * 26}],
+        "webhook": [
+            {
+                "name": "h",
+                "trigger_words": ["#x"],
+                "callback_urls": ["https://ci.example.com/"],
+                "token": "w" * 26,
+            }
+        ],
     }
     config = parse_config(data, path=tmp_path / "config.toml", env={})
     secrets = config_secrets(config)
