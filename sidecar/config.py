@@ -7,6 +7,7 @@ unknown keys with a did-you-mean; secrets never in ``repr``; regexes compiled he
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import re
 import uuid
@@ -325,6 +326,8 @@ def _ha_keys(t: Table, d: SidecarConfig) -> dict[str, Any]:
         t.error("state_url", f'must be "" or "postgresql://user@host/db", got {show(url)}')
     elif url and ":" in url.split("://", 1)[1].partition("@")[0] and "@" in url:
         t.error("state_url", "must not hold the password: use state_password_file")
+    elif url and importlib.util.find_spec("psycopg") is None:
+        t.error("state_url", "needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'")
     file = t.string("state_password_file", "")
     schema = t.string("state_schema", d.state_schema)
     if not _SCHEMA_NAME.fullmatch(schema):

@@ -971,3 +971,18 @@ def test_arbitrary_input_only_raises_config_error(
         assert e.errors and all(line.startswith("config.toml: ") for line in e.errors)
     else:
         assert isinstance(config, Config)
+
+
+def test_state_url_without_psycopg_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    errors = errors_of(tmp_path, render({S: {"state_url": '"postgresql://u@db/mm"'}}))
+    assert errors == [
+        "sidecar.state_url: needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'"
+    ]
