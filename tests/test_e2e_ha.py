@@ -89,7 +89,7 @@ async def test_the_standby_takes_over_when_the_active_session_dies(
 async def test_sigkill_of_the_active_replica_under_load(
     world: World, cb: CallbackRecorder, tmp_path: Path, pg_url: str, start: Start
 ) -> None:
-    """Two processes, 50 posts/s for 8 s, the active one SIGKILLed at a random moment."""
+    """Two processes, 50 posts/s for 20 s, the active one SIGKILLed at a random moment."""
     hook = {"channels": ["dev"], "callback_urls": [cb.url_for()]}
     daemons = []
     for name in ("a", "b"):
@@ -109,8 +109,8 @@ async def test_sigkill_of_the_active_replica_under_load(
     )
     a, b = daemons if daemons[0].count("active (epoch 1)") else daemons[::-1]
     await a.wait_line("websocket connected")
-    texts = [f"load {i}" for i in range(400)]
-    kill_at = random.randrange(100, 300)
+    texts = [f"load {i}" for i in range(1000)]
+    kill_at = random.randrange(100, 900)
     killed_at = 0.0
     for i, text in enumerate(texts):
         if i == kill_at:
