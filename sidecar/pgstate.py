@@ -166,8 +166,12 @@ class PgState:
             conn = psycopg.connect(self.target.url, **self.target.kwargs())
         except psycopg.Error as exc:
             raise StateUnavailable(f"cannot connect to {self.target.safe_url}: {exc}") from exc
-        for stmt in self.target.setup_sql()[:-1]:
-            conn.execute(stmt.encode())
+        try:
+            for stmt in self.target.setup_sql()[:-1]:
+                conn.execute(stmt.encode())
+        except psycopg.Error as exc:
+            conn.close()
+            raise StateUnavailable(f"PostgreSQL at {self.target.safe_url}: {exc}") from exc
         return conn
 
     def open(self) -> Snapshot:
@@ -181,6 +185,8 @@ class PgState:
             snap = read_snapshot(conn, fresh=True)
             snap.fresh = found == 0 or not (snap.cursors or snap.seen or snap.jobs)
             return snap
+        except psycopg.OperationalError as exc:  # the server went away meanwhile
+            raise StateUnavailable(f"PostgreSQL at {self.target.safe_url}: {exc}") from exc
         except psycopg.Error as exc:
             raise StateError(f"PostgreSQL state at {self.target.safe_url}: {exc}") from exc
         finally:
