@@ -1,0 +1,160 @@
+"""``mm-sidecar state migrate --from URL --to URL [--force]``: move durable state between backends.
+
+Cursors, processed posts and unfinished jobs (stage, attempts, next attempt time, response)
+are copied as they are, so an admin going from one node (SQLite) to HA (PostgreSQL), or back,
+neither replays nor loses anything: the jobs resume with the same ``webhook-id``. The target is
+written in one transaction; one that already holds state is refused unless ``--force``, which
+replaces it. Stop the daemon first: the source is read as it is on disk.
+
+URLs: ``sqlite:///path`` (the state file, or the ``state_dir`` holding ``state.sqlite3``) and
+``postgresql://user@host:port/db`` (password from ``$PGPASSWORD`` or the systemd credential
+``state_password``; never in the URL in examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.pgconn import DEFAULT_SCHEMA, is_postgres_url, redact_url
+from sidecar.state import DB_NAME, Snapshot, State, StateError, _Rows
+
+log = logging.getLogger(__name__)
+
+
+class MigrateError(Exception):
+    """The migration cannot be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    cursors: int
+    seen: int
+    jobs: int
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> Counts:
+        return cls(len(snap.cursors), len(snap.seen), len(snap.jobs))
+
+    def __str__(self) -> str:
+        return f"{self.cursors} cursors, {self.seen} processed posts, {self.jobs} unfinished jobs"
+
+
+def _sqlite_dir(url: str) -> Path:
+    path = Path(url.removeprefix("sqlite://"))
+    return path.parent if path.name == DB_NAME or path.suffix else path
+
+
+def _check_url(url: str) -> None:
+    if not (url.startswith("sqlite:///") or is_postgres_url(url)):
+        raise MigrateError(f"{redact_url(url)}: expected sqlite:///path or postgresql://…")
+
+
+def read(url: str, schema: str) -> Snapshot:
+    """The state at ``url`` (which must exist). Blocking."""
+    _check_url(url)
+    if is_postgres_url(url):
+        from sidecar.pgconn import PgTarget, read_password
+        from sidecar.pgstate import PgState
+
+        snap = PgState(PgTarget(url, schema=schema, password=read_password(None))).open()
+        if snap.fresh:
+            raise MigrateError(f"{redact_url(url)} (schema {schema}) holds no mm-sidecar state")
+        return snap
+    state_dir = _sqlite_dir(url)
+    if not (state_dir / DB_NAME).is_file():
+        raise MigrateError(f"no state file at {state_dir / DB_NAME}")
+    return _open_sqlite(state_dir)
+
+
+def _open_sqlite(state_dir: Path) -> Snapshot:
+    state = State(state_dir)
+    try:
+        return state.open()
+    finally:
+        asyncio.run(state.close())  # no writer was started: this closes the file
+
+
+def write(url: str, schema: str, snap: Snapshot, *, force: bool) -> None:
+    """Replace the state at ``url`` by ``snap`` in one transaction. Blocking."""
+    _check_url(url)
+    rows = _Rows()
+    rows.add_jobs(snap.jobs)
+    if is_postgres_url(url):
+        from sidecar.pgconn import PgTarget, read_password
+        from sidecar.pgstate import PgState, replace_all
+
+        target = PgState(PgTarget(url, schema=schema, password=read_password(None)))
+        _refuse_unless_empty(url, target.open(), force)
+        conn = target.connect_sync()
+        try:
+            replace_all(conn, schema, snap.cursors, snap.seen, rows.jobs)
+        finally:
+            conn.close()
+        return
+    state_dir = _sqlite_dir(url)
+    _refuse_unless_empty(url, _open_sqlite(state_dir), force)
+    db = sqlite3.connect(state_dir / DB_NAME, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for table in ("cursor", "seen", "outbox"):
+            db.execute(f"DELETE FROM {table}")
+        db.executemany("INSERT INTO cursor VALUES (?, ?)", list(snap.cursors.items()))
+        db.executemany("INSERT INTO seen VALUES (?, ?)", list(snap.seen.items()))
+        db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.jobs)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _refuse_unless_empty(url: str, snap: Snapshot, force: bool) -> None:
+    if (snap.cursors or snap.seen or snap.jobs) and not force:
+        raise MigrateError(
+            f"{redact_url(url)} already holds state ({Counts.of(snap)}); --force replaces it"
+        )
+
+
+def migrate(src: str, dst: str, *, force: bool = False, schema: str = DEFAULT_SCHEMA) -> Counts:
+    """Copy the state at ``src`` to ``dst``; return what was copied. Blocking."""
+    if src == dst:
+        raise MigrateError("--from and --to are the same")
+    snap = read(src, schema)
+    write(dst, schema, snap, force=force)
+    return Counts.of(snap)
+
+
+# -- the command line (called from cli.py) ----------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``state migrate`` to the ``mm-sidecar`` subcommands."""
+    p = sub.add_parser("state", help="durable state: move it between backends")
+    state_sub = p.add_subparsers(dest="state_command", required=True)
+    m = state_sub.add_parser(
+        "migrate", help="copy cursors, processed posts and unfinished jobs to another backend"
+    )
+    m.add_argument("--from", dest="src", required=True, help="sqlite:///path or postgresql://…")
+    m.add_argument("--to", dest="dst", required=True, help="sqlite:///path or postgresql://…")
+    m.add_argument("--force", action="store_true", help="replace state the target already holds")
+    m.add_argument(
+        "--schema", default=DEFAULT_SCHEMA, help="PostgreSQL schema (state_schema; both sides)"
+    )
+    m.set_defaults(fn=cmd_migrate)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Exit 0 when copied, 1 when refused or failed (the message on stderr)."""
+    import sys
+
+    try:
+        counts = migrate(args.src, args.dst, force=args.force, schema=args.schema)
+    except (MigrateError, StateError, OSError, sqlite3.Error) as exc:
+        print(f"state migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"state migrate: copied {counts} to {redact_url(args.dst)}")
+    return 0
