@@ -201,7 +201,6 @@ class Sidecar:
             retry_base=self._tuning.retry_base,
         )
         self.history = HistoryKeeper(
-            path=self.state.path,
             state=self.state,
             outbox=self.outbox,
             metrics=self.metrics,

@@ -9,10 +9,11 @@ a future resolved once it is committed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from sidecar.history import HistoryStore
 from sidecar.state import Job, Snapshot, State, StateError
 
 
@@ -25,9 +26,15 @@ class StateUnavailable(StateError):
 
 
 class StateBackend(Protocol):
-    """Cursors, seen posts, outbox jobs (attempts, next attempt time), schema version."""
+    """Cursors (and the start position), seen posts, outbox jobs (attempts, next attempt
+    time), the delivery history, schema version.
+
+    A write that keeps failing is retried for ``state.WRITE_RETRY_FOR`` seconds, then every
+    waiter gets the error and ``on_write_failure`` is called with it (the daemon exits 1).
+    """
 
     commits: int  # transactions committed so far (tests, bench)
+    on_write_failure: Callable[[BaseException], None] | None
 
     def open(self) -> Snapshot:
         """Create or migrate the store and read it back. Blocking: call in a thread."""
@@ -45,7 +52,17 @@ class StateBackend(Protocol):
 
     def update_job(self, job: Job) -> asyncio.Future[None]: ...
 
-    def finish_job(self, job_id: str) -> asyncio.Future[None]: ...
+    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
+        """Delete a finished job and write its history row, in one transaction."""
+        ...
+
+    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
+        """Take outbox rows queued by ``mm-sidecar redeliver`` (stage ``redeliver``)."""
+        ...
+
+    def open_history(self) -> HistoryStore:
+        """The history on a connection of its own. Blocking: call in a thread."""
+        ...
 
     def processed(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int

@@ -26,14 +26,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sidecar import history_pg
 from sidecar.backend import Fenced, StateUnavailable
 from sidecar.pgconn import PgTarget
-from sidecar.state import Job, Snapshot, StateError, _job_from_row, _Rows
+from sidecar.state import WRITE_RETRY_FOR, Job, Snapshot, StateError, _job_from_row, _Rows
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-RETRY_FOR = 30.0  # seconds a batch is retried over lost connections before it fails
+SCHEMA_VERSION = 2  # 2: delivery history (history_pg.py), as the SQLite file's version 2
+RETRY_FOR = WRITE_RETRY_FOR  # seconds a batch is retried (as SQLite's) before exit 1
 
 # Each version's statements, applied in order to bring a schema from version-1 to version.
 MIGRATIONS: dict[int, list[str]] = {
@@ -60,6 +61,7 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "INSERT INTO leader (id, epoch, holder) VALUES (1, 0, '') ON CONFLICT DO NOTHING",
     ],
+    2: history_pg.MIGRATION,
 }
 
 _EPOCH = "SELECT epoch FROM leader WHERE id = 1 FOR SHARE"
@@ -108,8 +110,8 @@ def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
         seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
         rows = conn.execute(
             "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
-            "FROM outbox ORDER BY created_at"
-        ).fetchall()
+            "FROM outbox WHERE stage != 'redeliver' ORDER BY created_at"
+        ).fetchall()  # rows queued by `redeliver` are claimed by the daemon's poller
     finally:
         conn.execute("COMMIT")
     try:
@@ -148,6 +150,9 @@ class PgState:
         self.epoch: int | None = None
         #: Called once per refused write (the lease then stands down).
         self.on_fenced: Callable[[Fenced], None] | None = None
+        #: Called (on the loop) with the StateUnavailable when a batch is finally given up
+        #: (as ``State.on_write_failure``: the daemon exits 1 unless it was deposed meanwhile).
+        self.on_write_failure: Callable[[BaseException], None] | None = None
         self._retry_for = retry_for
         self._queue: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]] | None]
         self._queue = asyncio.Queue()
@@ -224,9 +229,17 @@ class PgState:
             "update_job", job.id, job.stage, job.attempts, job.response, job.next_at
         )
 
-    def finish_job(self, job_id: str) -> asyncio.Future[None]:
-        """Remove a finished job."""
-        return self._submit("finish_job", job_id)
+    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
+        """Remove a finished job and add its history row (``history.entry``) in one transaction."""
+        return self._submit("finish_job", job_id, entry)
+
+    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
+        """Mark outbox rows queued by ``redeliver`` as taken by this replica."""
+        return self._submit("claim", list(job_ids))
+
+    def open_history(self) -> history_pg.PgHistory:
+        """The history on a connection of its own (the daemon's poller). Blocking."""
+        return history_pg.PgHistory.connect(self.target)
 
     def processed(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
@@ -280,7 +293,7 @@ class PgState:
             except StateError as exc:
                 error = exc
             except Exception as exc:  # the failure is handed to every waiter
-                error = StateError(f"state write failed: {exc}")
+                error = StateUnavailable(f"state write failed: {exc}")
                 log.error("state write failed: %s", exc)
             for _, _, future in items:
                 if not future.done():
@@ -288,6 +301,10 @@ class PgState:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
+                        future.exception()  # retrieved: not every write is awaited
+            # Given up (not refused by the epoch: on_fenced has said that): exit 1.
+            if error is not None and not isinstance(error, Fenced) and self.on_write_failure:
+                self.on_write_failure(error)
 
     async def _commit(self, rows: _Rows) -> None:
         """One transaction; lost connections are retried for ``retry_for`` seconds."""
@@ -358,8 +375,15 @@ async def _write(conn: psycopg.AsyncConnection[Any], rows: _Rows) -> None:
             "ON CONFLICT (key) DO UPDATE SET at = excluded.at",
             _columns(list(dict(rows.seen).items()), 2),
         )
+    if rows.claimed:
+        await cur.execute(
+            "UPDATE outbox SET stage = 'deliver' WHERE id = ANY(%s) AND stage = 'redeliver'",
+            ([c[0] for c in rows.claimed],),
+        )
     if rows.finished:
         await cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([f[0] for f in rows.finished],))
+    if rows.history:
+        await history_pg.insert(cur, rows.history)
     if rows.prune is not None:
         await cur.execute("DELETE FROM seen WHERE at < %s", (rows.prune,))
 

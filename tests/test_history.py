@@ -229,7 +229,6 @@ async def test_poller_skips_a_job_running_here_and_takes_it_later(tmp_path: Path
     outbox = FakeOutbox({j.id})  # the same job is in flight in the daemon
     metrics = Metrics("test")
     keeper = HistoryKeeper(
-        path=state.path,
         state=state,
         outbox=outbox,  # type: ignore[arg-type]
         metrics=metrics,
@@ -257,7 +256,6 @@ async def test_poller_sets_the_dead_letter_gauge(tmp_path: Path) -> None:
     h = store(tmp_path)
     metrics = Metrics("test")
     keeper = HistoryKeeper(
-        path=tmp_path / DB_NAME,
         state=State(tmp_path),
         outbox=FakeOutbox(set()),  # type: ignore[arg-type]
         metrics=metrics,
