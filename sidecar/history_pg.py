@@ -73,7 +73,7 @@ _LIST_COLUMNS: Final = (
     .replace("request_body,", "''::bytea,")
     .replace("response_body,", "NULL::bytea,")
 )
-_INSERT: Final = (
+INSERT: Final = (
     f"INSERT INTO deliveries ({_COLUMNS}) VALUES ({', '.join(['%s'] * 23)}) "
     "ON CONFLICT (id) DO NOTHING"
 )
@@ -82,7 +82,7 @@ PRUNE_CHUNK: Final = 2000
 
 async def insert(cur: psycopg.AsyncCursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
     """Write history rows (inside the writer's transaction)."""
-    await cur.executemany(_INSERT, [_encoded(r) for r in rows])
+    await cur.executemany(INSERT, [_encoded(r) for r in rows])
 
 
 def _encoded(r: tuple[Any, ...]) -> tuple[Any, ...]:

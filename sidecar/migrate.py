@@ -1,10 +1,11 @@
 """``mm-sidecar state migrate --from URL --to URL [--force]``: move durable state between backends.
 
-Cursors, processed posts and unfinished jobs (stage, attempts, next attempt time, response)
-are copied as they are, so an admin going from one node (SQLite) to HA (PostgreSQL), or back,
-neither replays nor loses anything: the jobs resume with the same ``webhook-id``. The target is
-written in one transaction; one that already holds state is refused unless ``--force``, which
-replaces it. Stop the daemon first: the source is read as it is on disk.
+Cursors, processed posts, unfinished jobs (stage, attempts, next attempt time, response), the
+delivery history and the redeliveries queued by ``mm-sidecar redeliver`` are copied as they are,
+so an admin going from one node (SQLite) to HA (PostgreSQL), or back, neither replays nor loses
+anything: the jobs resume with the same ``webhook-id``. The target is written in one
+transaction; one that already holds state is refused unless ``--force``, which replaces it. Stop
+the daemon first: the source is read as it is on disk.
 
 URLs: ``sqlite:///path`` (the state file, or the ``state_dir`` holding ``state.sqlite3``) and
 ``postgresql://user@host:port/db`` (password from ``$PGPASSWORD`` or the systemd credential
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.history_sqlite import COLUMNS as HISTORY_COLUMNS
 from sidecar.pgconn import DEFAULT_SCHEMA, is_postgres_url, redact_url
 from sidecar.state import DB_NAME, Snapshot, State, StateError, _Rows
 
@@ -36,13 +38,55 @@ class Counts:
     cursors: int
     seen: int
     jobs: int
+    history: int = 0
 
     @classmethod
-    def of(cls, snap: Snapshot) -> Counts:
-        return cls(len(snap.cursors), len(snap.seen), len(snap.jobs))
+    def of(cls, snap: Snapshot, extra: Extra | None = None) -> Counts:
+        history = len(extra.history) if extra else 0
+        return cls(len(snap.cursors), len(snap.seen), len(snap.jobs), history)
 
     def __str__(self) -> str:
-        return f"{self.cursors} cursors, {self.seen} processed posts, {self.jobs} unfinished jobs"
+        return (
+            f"{self.cursors} cursors, {self.seen} processed posts, {self.jobs} unfinished jobs, "
+            f"{self.history} history rows"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """What a snapshot leaves out: history rows and queued redeliveries (raw rows)."""
+
+    history: list[tuple[Any, ...]]
+    queued: list[tuple[Any, ...]]
+
+
+_OUTBOX_COLUMNS = "id, webhook, stage, attempts, job, body, response, created_at, next_at"
+_HISTORY_SELECT = f"SELECT {HISTORY_COLUMNS} FROM deliveries ORDER BY finished_at"
+_QUEUED_SELECT = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE stage = 'redeliver'"
+
+
+def read_extra(url: str, schema: str) -> Extra:
+    """The history rows and queued redeliveries at ``url`` (which exists). Blocking."""
+    if is_postgres_url(url):
+        from sidecar.pgconn import PgTarget, read_password
+        from sidecar.pgstate import PgState
+
+        target = PgTarget(url, schema=schema, password=read_password(None))
+        conn = PgState(target).connect_sync()
+        try:
+            conn.execute(target.setup_sql()[-1].encode())
+            history = [tuple(r) for r in conn.execute(_HISTORY_SELECT.encode()).fetchall()]
+            queued = [tuple(r) for r in conn.execute(_QUEUED_SELECT.encode()).fetchall()]
+        finally:
+            conn.close()
+        return Extra(history, queued)
+    db = sqlite3.connect(f"file:{_sqlite_dir(url) / DB_NAME}?mode=ro", uri=True)
+    try:
+        history = [tuple(r) for r in db.execute(_HISTORY_SELECT)]
+        queued = [tuple(r) for r in db.execute(_QUEUED_SELECT)]
+    finally:
+        db.close()
+    return Extra(history, queued)
 
 
 def _sqlite_dir(url: str) -> Path:
@@ -80,11 +124,15 @@ def _open_sqlite(state_dir: Path) -> Snapshot:
         asyncio.run(state.close())  # no writer was started: this closes the file
 
 
-def write(url: str, schema: str, snap: Snapshot, *, force: bool) -> None:
-    """Replace the state at ``url`` by ``snap`` in one transaction. Blocking."""
+def write(
+    url: str, schema: str, snap: Snapshot, *, force: bool, extra: Extra | None = None
+) -> None:
+    """Replace the state at ``url`` by ``snap`` (and ``extra``) in one transaction. Blocking."""
     _check_url(url)
+    extra = extra or Extra([], [])
     rows = _Rows()
     rows.add_jobs(snap.jobs)
+    jobs = rows.jobs + extra.queued
     if is_postgres_url(url):
         from sidecar.pgconn import PgTarget, read_password
         from sidecar.pgstate import PgState, replace_all
@@ -93,7 +141,7 @@ def write(url: str, schema: str, snap: Snapshot, *, force: bool) -> None:
         _refuse_unless_empty(url, target.open(), force)
         conn = target.connect_sync()
         try:
-            replace_all(conn, schema, snap.cursors, snap.seen, rows.jobs)
+            replace_all(conn, schema, snap.cursors, snap.seen, jobs, extra.history)
         finally:
             conn.close()
         return
@@ -102,11 +150,15 @@ def write(url: str, schema: str, snap: Snapshot, *, force: bool) -> None:
     db = sqlite3.connect(state_dir / DB_NAME, isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")
-        for table in ("cursor", "seen", "outbox"):
+        for table in ("cursor", "seen", "outbox", "deliveries"):
             db.execute(f"DELETE FROM {table}")
         db.executemany("INSERT INTO cursor VALUES (?, ?)", list(snap.cursors.items()))
         db.executemany("INSERT INTO seen VALUES (?, ?)", list(snap.seen.items()))
-        db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.jobs)
+        db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
+        db.executemany(
+            f"INSERT INTO deliveries ({HISTORY_COLUMNS}) VALUES ({', '.join('?' * 23)})",
+            extra.history,
+        )
         db.execute("COMMIT")
     finally:
         db.close()
@@ -124,8 +176,9 @@ def migrate(src: str, dst: str, *, force: bool = False, schema: str = DEFAULT_SC
     if src == dst:
         raise MigrateError("--from and --to are the same")
     snap = read(src, schema)
-    write(dst, schema, snap, force=force)
-    return Counts.of(snap)
+    extra = read_extra(src, schema)
+    write(dst, schema, snap, force=force, extra=extra)
+    return Counts.of(snap, extra)
 
 
 # -- the command line (called from cli.py) ----------------------------------------------------

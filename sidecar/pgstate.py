@@ -127,17 +127,21 @@ def replace_all(
     cursors: dict[str, int],
     seen: dict[str, int],
     jobs: list[tuple[Any, ...]],
+    history: Sequence[tuple[Any, ...]] = (),
 ) -> None:
-    """Replace the whole state (``state migrate``): one transaction; the leader row is kept."""
+    """Replace the whole state (``state migrate``): one transaction; the leader row is kept.
+    ``history``: raw ``deliveries`` rows (``history_sqlite.COLUMNS``, headers as JSON text)."""
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         conn.execute("DELETE FROM cursor")
         conn.execute("DELETE FROM seen")
         conn.execute("DELETE FROM outbox")
+        conn.execute("DELETE FROM deliveries")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO cursor VALUES (%s, %s)", list(cursors.items()))
             cur.executemany("INSERT INTO seen VALUES (%s, %s)", list(seen.items()))
             cur.executemany("INSERT INTO outbox VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", jobs)
+            cur.executemany(history_pg.INSERT.encode(), history)
 
 
 class PgState:

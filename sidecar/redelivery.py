@@ -1,11 +1,11 @@
 """The daemon's side of the delivery history: redeliveries, the dead-letter gauge, pruning.
 
-``mm-sidecar redeliver`` (another process, no lock; SQLite in WAL, or PostgreSQL) writes
-outbox rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a connection
-of its own, off the event loop, claims those whose job is not already queued or running here
-(through the writer thread, in the same order as every other write) and hands them to the
-outbox. A row whose job is still running stays queued and is looked at again next time, so
-the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
+``mm-sidecar redeliver`` (another process, no lock; SQLite in WAL, or PostgreSQL) writes outbox
+rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a
+connection of its own, off the event loop, claims those whose job is not already queued or
+running here (through the writer thread, in the same order as every other write) and hands them
+to the outbox. A row whose job is still running stays queued and is looked at again next time,
+so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
 every ``prune_every`` seconds (and once at start) the history is pruned, in short chunks.
 """
 

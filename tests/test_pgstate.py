@@ -43,7 +43,8 @@ async def test_tables_live_in_their_own_schema(pg_cluster: Cluster, pg_url: str)
         db_of(pg_url),
     )
     assert tables == [
-        ("sidecar_ha", name) for name in ("cursor", "deliveries", "leader", "meta", "outbox", "seen")
+        ("sidecar_ha", name)
+        for name in ("cursor", "deliveries", "leader", "meta", "outbox", "seen")
     ]
     version = pg_cluster.sql(
         "SELECT value FROM sidecar_ha.meta WHERE key='schema_version'", db_of(pg_url)
