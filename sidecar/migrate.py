@@ -106,10 +106,7 @@ def read(url: str, schema: str) -> Snapshot:
         from sidecar.pgconn import PgTarget, read_password
         from sidecar.pgstate import PgState
 
-        snap = PgState(PgTarget(url, schema=schema, password=read_password(None))).open()
-        if snap.fresh:
-            raise MigrateError(f"{redact_url(url)} (schema {schema}) holds no mm-sidecar state")
-        return snap
+        return PgState(PgTarget(url, schema=schema, password=read_password(None))).open()
     state_dir = _sqlite_dir(url)
     if not (state_dir / DB_NAME).is_file():
         raise MigrateError(f"no state file at {state_dir / DB_NAME}")
@@ -177,6 +174,9 @@ def migrate(src: str, dst: str, *, force: bool = False, schema: str = DEFAULT_SC
         raise MigrateError("--from and --to are the same")
     snap = read(src, schema)
     extra = read_extra(src, schema)
+    if snap.fresh and not (snap.cursors or snap.seen or snap.jobs or extra.history or extra.queued):
+        where = f" (schema {schema})" if is_postgres_url(src) else ""
+        raise MigrateError(f"{redact_url(src)}{where} holds no mm-sidecar state")
     write(dst, schema, snap, force=force, extra=extra)
     return Counts.of(snap, extra)
 
