@@ -379,3 +379,49 @@ async def test_roles_are_visible_in_readyz_metrics_and_systemd(
         receiver.close()
     assert got[0].split("\n") == ["READY=1", "STATUS=standby; 1 webhooks"]
     assert got[-1] == "STOPPING=1"
+
+
+def joined(app: Sidecar) -> float:
+    value: float = app.metrics.channel_joins.labels("joined")._value.get()
+    return value
+
+
+async def test_only_the_active_replica_joins_channels_and_polls_redeliveries(
+    world: World, cb: CallbackRecorder, tmp_path: Path, pg_cluster: Cluster, pg_url: str
+) -> None:
+    mm = world.mm
+    hook = {"team": "someteam", "trigger_words": ["#build"], "callback_urls": [cb.url_for()]}
+    configs = [
+        make_config(
+            world,
+            tmp_path / name,
+            [hook],
+            state_url=pg_url,
+            lease_check_interval=0.2,
+            join_interval=1,
+        )
+        for name in ("a", "b")
+    ]
+    async with running(configs[0]) as a:
+        await wait_until(lambda: roles([a]) == ["active"], what="a active and connected")
+        async with running(configs[1]) as b:
+            assert roles([a, b]) == ["active", "standby"]
+            # A standby builds no joiner, history keeper or outbox: it cannot join or claim.
+            assert (b.joiner, b.history, b.outbox) == (None, None, None)
+            random = mm.create_channel(world.team["id"], "random", "O", members=[world.alice["id"]])
+            await wait_until(lambda: joined(a) == 1, what="the active joined the new channel")
+            assert world.bot["id"] in mm.store.channels[random["id"]].members
+            assert joined(b) == 0 and b.joiner is None
+            assert a.history is not None
+            await wait_until(lambda: a.history is not None and a.history.polls > 0, what="poll")
+
+            pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
+            await wait_until(lambda: roles([b]) == ["active"], what="b took over")
+            # The new active runs them: it joins the next channel and polls the history.
+            late = mm.create_channel(world.team["id"], "late", "O", members=[world.alice["id"]])
+            await wait_until(lambda: joined(b) == 1, what="b joined the late channel")
+            assert world.bot["id"] in mm.store.channels[late["id"]].members
+            await wait_until(lambda: b.history is not None and b.history.polls > 0, what="b polls")
+            mm.post(world.alice["id"], late["id"], "#build after the failover")
+            [req] = await cb.wait_for(1)
+            assert text_of(req) == "#build after the failover"
