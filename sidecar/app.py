@@ -379,6 +379,10 @@ class Sidecar:
             "listen",
             "max_in_flight",
             "allowed_untrusted_internal_connections",
+            "state_url",  # HA: the backend and the lease are chosen at start
+            "state_schema",
+            "state_password_file",
+            "lease_check_interval",
         ):
             if getattr(config.sidecar, key) != getattr(old.sidecar, key):
                 log.warning("reload: [sidecar] %s takes effect only after a restart", key)
