@@ -305,6 +305,7 @@ def sidecar_config(
     max_in_flight: int = 64,
     extra_webhooks: str = "",
     name: str = "sidecar.toml",
+    extra_sidecar: str = "",
 ) -> Path:
     """A config for the sidecar against the harness: one webhook on the bench trigger word."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ state_dir = {toml_str(str(state))}
 listen = ""
 allowed_untrusted_internal_connections = ["127.0.0.1"]
 max_in_flight = {max_in_flight}
-
+{extra_sidecar}
 [[webhook]]
 name = "bench"
 channels = [{toml_str(harness.info["channel"])}]

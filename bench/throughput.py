@@ -9,6 +9,10 @@ ratios hold on a noisy machine. For each system and scenario:
 * p50/p95/p99 latency post → callback request and post → reply created (ms);
 * CPU seconds of the system's process per 1,000 posts, and its peak RSS.
 
+With ``--state postgresql`` the sidecar runs a second time with its state in PostgreSQL
+(``sidecar-pg``: a throw-away cluster on loopback, default durability settings), in the same
+run, so the two backends compare on the same machine load.
+
 Scenarios: ``max`` (N posts at full speed, callback answers at once), ``rate<R>`` (posts at
 R/s), ``slow-callback`` (full speed, callback answers after ``--delay`` s; the sidecar and the
 forwarder only: mmpy_bot's sync shape would take minutes).
@@ -34,6 +38,7 @@ from bench.common import (
     peak_rss_mib,
     sidecar_argv,
     sidecar_config,
+    toml_str,
 )
 from bench.profile import summarize_profile
 from bench.report import (
@@ -47,7 +52,9 @@ from bench.report import (
 )
 
 MMPY = ("mmpy-sync", "mmpy-async", "mmpy-executor")
-SUTS = ("forwarder", "sidecar", *MMPY)
+SUTS = ("forwarder", "sidecar", "sidecar-pg", *MMPY)
+#: The PostgreSQL state of ``sidecar-pg`` (``--state postgresql``), set by ``main``.
+PG_URL: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,10 @@ def sut_argv(
     token = str(h.info["bot_token"])
     if sut == "sidecar":
         config = sidecar_config(workdir / sut, h, max_in_flight=max_in_flight)
+        return sidecar_argv(config)
+    if sut == "sidecar-pg":
+        extra = f"state_url = {toml_str(PG_URL[0])}\n"
+        config = sidecar_config(workdir / sut, h, max_in_flight=max_in_flight, extra_sidecar=extra)
         return sidecar_argv(config)
     if sut == "forwarder":
         return [
@@ -236,6 +247,29 @@ def targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[s
         return a / b if a is not None and b else None
 
     s_tput = side["posts_per_s"] if side else None
+    extra = []
+    if args.state == "postgresql":
+        pg, pg_cpu = (
+            _best(rows, "sidecar-pg", "max"),
+            _best(rows, "sidecar-pg", "max", "cpu_s_per_1000"),
+        )
+        extra = [
+            target(
+                "throughput PostgreSQL state / SQLite state",
+                ratio(pg["posts_per_s"] if pg else None, s_tput),
+                0.8,
+                at_least=True,
+            ),
+            target(
+                "CPU per 1000 posts PostgreSQL state / SQLite state",
+                ratio(
+                    pg_cpu["cpu_s_per_1000"] if pg_cpu else None,
+                    side_cpu["cpu_s_per_1000"] if side_cpu else None,
+                ),
+                1.3,
+                at_least=False,
+            ),
+        ]
     return [
         target(
             "throughput sidecar / forwarder",
@@ -266,6 +300,7 @@ def targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[s
             15.0,
             at_least=False,
         ),
+        *extra,
     ]
 
 
@@ -341,17 +376,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1, help="repeat all, median counts")
-    parser.add_argument("--suts", default=",".join(SUTS), help="systems, comma-separated")
+    parser.add_argument(
+        "--suts",
+        default=",".join(s for s in SUTS if s != "sidecar-pg"),
+        help="systems, comma-separated (sidecar-pg: see --state)",
+    )
     parser.add_argument(
         "--mmpy-fresh", action="store_true", help="mmpy_bot plugins make a client per call"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar afterwards")
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
+    parser.add_argument(
+        "--state",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="postgresql: also run the sidecar with its state in PostgreSQL (sidecar-pg)",
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/…)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.rate_n, args.slow_n, args.warmup = 100, 40, 128, 10
     suts = [s for s in args.suts.split(",") if s]
+    if args.state == "postgresql" and "sidecar" in suts and "sidecar-pg" not in suts:
+        suts.insert(suts.index("sidecar") + 1, "sidecar-pg")
     unknown = set(suts) - set(SUTS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -364,9 +411,38 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.out.with_suffix("") if args.out else RESULTS / f"throughput-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    cluster = None
+    if "sidecar-pg" in suts:
+        from sidecar.testing.pgcluster import Cluster
+
+        # Default durability (fsync, synchronous_commit on): what an admin runs.
+        cluster = Cluster.create(settings={"max_connections": "50"})
+        PG_URL[:] = [cluster.url()]
+    try:
+        rows, profile = run_all(suts, args, workdir)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    checks = targets(rows, args)
+    data = envelope(
+        "throughput",
+        started,
+        args,
+        skipped=skipped,
+        runs=rows,
+        targets=checks,
+        profile=profile,
+    )
+    return _print(data, rows, checks, profile, args, workdir)
+
+
+def run_all(
+    suts: list[str], args: argparse.Namespace, workdir: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every system and scenario, ``args.rounds`` times, in rotating order."""
     rates = [float(r) for r in args.rates.split(",") if r]
     slow_suts = set(args.slow_suts.split(","))
-    started = time.time()
     rows: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     with Harness(workdir) as h:
@@ -381,16 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile and "sidecar" in suts:
             print("  profiling the sidecar with py-spy…", file=sys.stderr, flush=True)
             profile = profile_sidecar(h, workdir, args)
-    checks = targets(rows, args)
-    data = envelope(
-        "throughput",
-        started,
-        args,
-        skipped=skipped,
-        runs=rows,
-        targets=checks,
-        profile=profile,
-    )
+    return rows, profile
+
+
+def _print(
+    data: dict[str, Any],
+    rows: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+    profile: dict[str, Any] | None,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> int:
     path = write_json("throughput", data, args.out)
     print(report(rows))
     print()

@@ -16,8 +16,10 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar import __version__
+from sidecar.backend import Fenced, StateBackend, postgres_backend
 from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher
@@ -34,7 +36,7 @@ from sidecar.outbox import Outbox
 from sidecar.redelivery import HistoryKeeper
 from sidecar.reply import ReplySettings
 from sidecar.rules import RuleSet
-from sidecar.state import State
+from sidecar.state import Snapshot, State, StateError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,20 @@ class Sidecar:
         self._tuning = tuning
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics(__version__)
-        self.state = State(config.sidecar.state_dir)
+        # -- HA (issue 13): with state_url, the state is shared and a lease picks the active one.
+        self.state: StateBackend = State(config.sidecar.state_dir)
+        self.ha: Any = None  # sidecar.ha.HighAvailability when state_url is set
+        if config.sidecar.state_url:
+            from sidecar.ha import HighAvailability
+
+            self.state = postgres_backend(
+                config.sidecar.state_url,
+                schema=config.sidecar.state_schema,
+                password_file=config.sidecar.state_password_file,
+            )
+            self.ha = HighAvailability(self)
+        self._deposed = False  # the lease was lost: the current term ends, not the process
+        # -- end HA
         self.state.on_write_failure = self._set_fatal  # commits kept failing: exit 1
         self.rest = RestClient(
             config.mattermost.url,
@@ -85,18 +100,7 @@ class Sidecar:
             user_agent=USER_AGENT,
         )
         self._queue: asyncio.Queue[Item | Joined | None] = asyncio.Queue(QUEUE_SIZE)
-        self.gateway = Gateway(
-            config.mattermost.url,
-            config.mattermost.token,
-            self._queue.put,
-            ping_interval=tuning.ping_interval,
-            pong_timeout=tuning.pong_timeout,
-            backoff_base=tuning.backoff_base,
-            backoff_cap=tuning.backoff_cap,
-            user_agent=USER_AGENT,
-            on_status=self._status,
-            check_auth=self._check_token,
-        )
+        self.gateway = self._new_gateway()
         self.health: HealthServer | None = None
         self.me = User(id="", username="")
         self.rules = RuleSet(config.webhooks, bot_user_id="")
@@ -111,6 +115,23 @@ class Sidecar:
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
         self._started = False
+
+    def _new_gateway(self) -> Gateway:
+        """A websocket client feeding a new queue (one per active term with HA)."""
+        self._queue = asyncio.Queue(QUEUE_SIZE)
+        t = self._tuning
+        return Gateway(
+            self.config.mattermost.url,
+            self.config.mattermost.token,
+            self._queue.put,
+            ping_interval=t.ping_interval,
+            pong_timeout=t.pong_timeout,
+            backoff_base=t.backoff_base,
+            backoff_cap=t.backoff_cap,
+            user_agent=USER_AGENT,
+            on_status=self._status,
+            check_auth=self._check_token,
+        )
 
     def __repr__(self) -> str:
         return f"Sidecar({self.config.mattermost.url!r}, {len(self.config.webhooks)} webhooks)"
@@ -130,8 +151,12 @@ class Sidecar:
         await self.close()
 
     async def start(self) -> None:
-        """Open state, log in, start clients and the health server, resume the outbox."""
-        snapshot = await asyncio.to_thread(self.state.open)
+        """Open state, log in, start clients and the health server, resume the outbox.
+
+        With HA the shared state is read, and the outbox resumed, only when this replica
+        becomes the active one (``sidecar.ha``).
+        """
+        snapshot = None if self.ha else await asyncio.to_thread(self.state.open)
         self._started = True
         self.state.start_writer()
         await self.rest.start()
@@ -142,6 +167,17 @@ class Sidecar:
         await check_teams(self.rest, self.config.webhooks)
         await check_users(self.rest, self.config.webhooks)
         await self.callbacks.start()
+        self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
+        if self.config.sidecar.listen:
+            self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
+            await self.health.start()
+        if snapshot is not None:
+            await self.begin(snapshot)
+
+    async def begin(self, snapshot: Snapshot) -> None:
+        """Build the outbox, the dispatcher, the history keeper and the joiner from
+        ``snapshot``; join channels; resume its jobs. With HA only the active replica runs
+        this (at each takeover): a standby neither joins channels nor claims redeliveries."""
         self.outbox = Outbox(
             state=self.state,
             callbacks=self.callbacks,
@@ -165,7 +201,6 @@ class Sidecar:
             retry_base=self._tuning.retry_base,
         )
         self.history = HistoryKeeper(
-            path=self.state.path,
             state=self.state,
             outbox=self.outbox,
             metrics=self.metrics,
@@ -177,10 +212,6 @@ class Sidecar:
         self.joiner = self._make_joiner(self.dispatcher)
         await self.joiner.start()
         await self._check_channels()
-        self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
-        if self.config.sidecar.listen:
-            self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
-            await self.health.start()
         if snapshot.jobs:
             log.info("resuming %d unfinished deliveries from the outbox", len(snapshot.jobs))
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -227,7 +258,16 @@ class Sidecar:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain. Raises Unauthorized if the token is refused."""
+        if self.ha is not None:  # HA: standby until the lease is ours, then active terms
+            await self.ha.serve(stop)
+        else:
+            await self.serve_term(stop)
+
+    async def serve_term(self, stop: asyncio.Event) -> None:
+        """Read the websocket and deliver until ``stop`` (or, with HA, the lease is lost)."""
         assert self.outbox is not None and self.history is not None, "start() first"
+        self._deposed = False
+        self._fatal_event.clear()
         gateway_stop = asyncio.Event()
         tasks = {
             asyncio.create_task(self.gateway.run(gateway_stop), name="gateway"),
@@ -247,8 +287,11 @@ class Sidecar:
                 if task.exception() is not None:
                     self._set_fatal(task.exception())  # type: ignore[arg-type]
         finally:
-            self._stopping = True
-            self.notifier.stopping()
+            # Deposed (HA): stop reading and delivering at once; the new active resumes.
+            grace = 0.0 if self._deposed else self.config.sidecar.shutdown_timeout
+            if not self._deposed:
+                self._stopping = True
+                self.notifier.stopping()
             gateway_stop.set()
             await self.gateway.close()
             for w in waiters:
@@ -261,12 +304,12 @@ class Sidecar:
                 self._queue.put_nowait(None)
             dispatcher = next(t for t in tasks if t.get_name() == "dispatcher")
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(dispatcher, self.config.sidecar.shutdown_timeout)
+                await asyncio.wait_for(dispatcher, grace)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             in_flight = self.outbox.depth
-            left = await self.outbox.drain(self.config.sidecar.shutdown_timeout)
+            left = await self.outbox.drain(grace)
             c = self.outbox.counters
             log.info(
                 "stopped: %d delivered, %d failed, %d replies; %d of %d in-flight jobs finished, "
@@ -281,7 +324,15 @@ class Sidecar:
         if self._fatal is not None:
             raise self._fatal
 
+    def depose(self) -> None:
+        """HA: the lease is lost; end the current active term now (not the process)."""
+        self._deposed = True
+        self._fatal_event.set()
+
     def _set_fatal(self, exc: BaseException) -> None:
+        if isinstance(exc, Fenced) or (self._deposed and isinstance(exc, StateError)):
+            self.depose()  # a write refused by the epoch: another replica is active
+            return
         if self._fatal is None:
             self._fatal = exc
             log.error("fatal: %s", exc)
@@ -291,6 +342,9 @@ class Sidecar:
         """Ready = the websocket is authenticated and the hello came."""
         if self._stopping:
             return False, "stopping"
+        if self.ha is not None:
+            ready: tuple[bool, str] = self.ha.readiness()
+            return ready
         if not self.gateway.connected:
             return False, "websocket not connected"
         return True, "ready"
@@ -325,6 +379,10 @@ class Sidecar:
             "listen",
             "max_in_flight",
             "allowed_untrusted_internal_connections",
+            "state_url",  # HA: the backend and the lease are chosen at start
+            "state_schema",
+            "state_password_file",
+            "lease_check_interval",
         ):
             if getattr(config.sidecar, key) != getattr(old.sidecar, key):
                 log.warning("reload: [sidecar] %s takes effect only after a restart", key)

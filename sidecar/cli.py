@@ -142,7 +142,13 @@ def config_secrets(config: Config) -> list[str]:
     for w in config.webhooks:
         secrets.append(w.token)
         secrets.extend(w.signing_secrets)
-    return secrets
+    if config.sidecar.state_url:  # the PostgreSQL password (HA), wherever it comes from
+        from sidecar.pgconn import read_password
+
+        with contextlib.suppress(OSError):
+            secrets.append(read_password(config.sidecar.state_password_file) or "")
+        secrets.append(os.environ.get("PGPASSWORD", ""))
+    return [s for s in secrets if s]
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -258,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     from sidecar.app import Sidecar
+    from sidecar.backend import StateUnavailable
     from sidecar.mattermost import MattermostError, Unauthorized
     from sidecar.notify import Notifier
     from sidecar.state import State, StateError, StateWriteError
@@ -297,7 +304,8 @@ async def _run(path: str, config: Config, *, reset_state: bool) -> int:
     except Unauthorized as exc:
         log.error("the bot token was rejected by the server (%s): fix the token; not retrying", exc)
         return EX_CONFIG
-    except StateWriteError as exc:  # transient (a full disk): let the service manager restart
+    except (StateWriteError, StateUnavailable) as exc:
+        # Transient (a full disk; PostgreSQL out of reach): let the service manager restart.
         log.error("%s", exc)
         return EX_FAIL
     except StateError as exc:  # the file cannot be opened or used: a restart cannot help
@@ -450,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file (mode 0600) instead of stdout")
     p.add_argument("--merge", help="append to this config the hooks it does not have yet")
     p.set_defaults(fn=cmd_import)
+
+    from sidecar.migrate import add_parser as add_state_parser  # `state migrate` (HA)
+
+    add_state_parser(sub)
 
     p = sub.add_parser("emulator", help="run the Mattermost emulator alone")
     p.add_argument("--port", type=int, default=8065)

@@ -7,6 +7,7 @@ unknown keys with a did-you-mean; secrets never in ``repr``; regexes compiled he
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import re
 import uuid
@@ -47,6 +48,7 @@ SIDECAR_KEYS = (
     "enable_post_username_override", "enable_post_icon_override", "max_in_flight",
     "catch_up_window", "shutdown_timeout", "join_public_channels", "join_interval",
     "history_days", "dead_letter_days", "history_max_rows",
+    "state_url", "state_password_file", "state_schema", "lease_check_interval",
 )
 WEBHOOK_KEYS = (
     "name", "description", "team", "channels", "channel_types", "trigger_words", "trigger_when",
@@ -125,6 +127,11 @@ class SidecarConfig:
     history_days: float = 7.0  # delivery history kept (history.py)
     dead_letter_days: float = 30.0  # failed deliveries kept
     history_max_rows: int = 100_000
+    # HA (issue 13): "" = SQLite in state_dir; "postgresql://…" = shared state, one active replica.
+    state_url: str = ""
+    state_password_file: Path | None = None
+    state_schema: str = "mm_sidecar"
+    lease_check_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +331,34 @@ def _sidecar(t: Table) -> SidecarConfig:
         history_days=t.number("history_days", d.history_days, lo=0),
         dead_letter_days=t.number("dead_letter_days", d.dead_letter_days, lo=0),
         history_max_rows=t.integer("history_max_rows", d.history_max_rows, lo=0, hi=100_000_000),
+        **_ha_keys(t, d),
     )
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _ha_keys(t: Table, d: SidecarConfig) -> dict[str, Any]:
+    """``state_url``, ``state_password_file``, ``state_schema``, ``lease_check_interval``."""
+    url = t.string("state_url", d.state_url)
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        t.error("state_url", f'must be "" or "postgresql://user@host/db", got {show(url)}')
+    elif url and ":" in url.split("://", 1)[1].partition("@")[0] and "@" in url:
+        t.error("state_url", "must not hold the password: use state_password_file")
+    elif url and importlib.util.find_spec("psycopg") is None:
+        t.error("state_url", "needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'")
+    file = t.string("state_password_file", "")
+    schema = t.string("state_schema", d.state_schema)
+    if not _SCHEMA_NAME.fullmatch(schema):
+        t.error("state_schema", f"must be a lower-case SQL identifier, got {show(schema)}")
+    return {
+        "state_url": url,
+        "state_password_file": t.report.base_dir / os.path.expanduser(file) if file else None,
+        "state_schema": schema,
+        "lease_check_interval": t.number(
+            "lease_check_interval", d.lease_check_interval, lo=0.1, hi=60
+        ),
+    }
 
 
 def _cidr_problem(entry: str) -> str | None:

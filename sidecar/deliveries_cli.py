@@ -1,7 +1,8 @@
 """``mm-sidecar deliveries`` and ``mm-sidecar redeliver``: the history from the command line.
 
-Both open the state file of the config's ``state_dir`` directly (no daemon API, no lock: the
-daemon may be running; WAL lets a second process read and write). ``redeliver`` only writes
+Both open the state directly (no daemon API, no lock: the daemon may be running): the state
+file of the config's ``state_dir`` (WAL lets a second process read and write), or, with
+``state_url`` (HA), the PostgreSQL schema the replicas share. ``redeliver`` only writes
 outbox rows; the daemon takes them up within its poll interval, or at its next start.
 """
 
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,6 +24,7 @@ from sidecar.history import (
     BODY_LIMIT,
     Delivery,
     HistoryError,
+    HistoryStore,
     Query,
     parse_since,
 )
@@ -68,7 +71,16 @@ def add_parsers(sub: Any, with_config: Any, fn: Any) -> None:
     p.set_defaults(fn=fn)
 
 
-def state_dir_of(path: str) -> Path:
+@dataclass(frozen=True, slots=True)
+class PgSource:
+    """``[sidecar] state_url`` (HA): the history lives in PostgreSQL."""
+
+    url: str
+    schema: str = "mm_sidecar"
+    password_file: Path | None = None
+
+
+def state_dir_of(path: str) -> Path | PgSource:
     """``[sidecar] state_dir`` of a config file, read without the rest of it.
 
     The history needs no token: a ``token_file`` or systemd credential that only the service
@@ -82,18 +94,42 @@ def state_dir_of(path: str) -> Path:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return load_config(path).sidecar.state_dir
     table = data.get("sidecar")
+    url = table.get("state_url") if isinstance(table, dict) else None
+    if isinstance(url, str) and url:
+        schema = table.get("state_schema") if isinstance(table, dict) else None
+        pw = table.get("state_password_file") if isinstance(table, dict) else None
+        return PgSource(
+            url,
+            schema if isinstance(schema, str) and schema else "mm_sidecar",
+            Path(path).parent / os.path.expanduser(pw) if isinstance(pw, str) and pw else None,
+        )
     value = table.get("state_dir") if isinstance(table, dict) else None
     if not isinstance(value, str) or not value:
         return SidecarConfig().state_dir
     return Path(path).parent / os.path.expanduser(value)
 
 
-def open_history(state_dir: Path) -> SqliteHistory:
-    """The history of the state file in ``state_dir`` (HistoryError when there is none)."""
+def open_history(state_dir: Path | PgSource) -> HistoryStore:
+    """The history of the state file in ``state_dir``, or of the PostgreSQL state (HA);
+    HistoryError when there is none."""
+    if isinstance(state_dir, PgSource):
+        try:
+            from sidecar.history_pg import PgHistory
+            from sidecar.pgconn import PgTarget, read_password
+        except ImportError as exc:
+            raise HistoryError(
+                "state_url needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'"
+            ) from exc
+        try:
+            password = read_password(state_dir.password_file)
+        except OSError as exc:
+            raise HistoryError(f"cannot read state_password_file: {exc}") from exc
+        target = PgTarget(state_dir.url, schema=state_dir.schema, password=password)
+        return PgHistory.connect(target)
     return SqliteHistory.connect(state_dir / DB_NAME)
 
 
-def deliveries(state_dir: Path, args: argparse.Namespace) -> int:
+def deliveries(state_dir: Path | PgSource, args: argparse.Namespace) -> int:
     """``mm-sidecar deliveries``."""
     if args.what and (args.what[0] != "show" or len(args.what) != 2):
         print("usage: mm-sidecar deliveries [filters] | deliveries show ID", file=sys.stderr)
@@ -133,7 +169,7 @@ def deliveries(state_dir: Path, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def redeliver(state_dir: Path, args: argparse.Namespace) -> int:
+def redeliver(state_dir: Path | PgSource, args: argparse.Namespace) -> int:
     """``mm-sidecar redeliver``."""
     if bool(args.ids) == bool(args.failed):
         print("redeliver takes delivery ids or --failed (not both)", file=sys.stderr)

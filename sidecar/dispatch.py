@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from sidecar.backend import StateBackend
 from sidecar.catchup import collect, edit_key, reaction_key
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT
@@ -29,7 +30,7 @@ from sidecar.models import Channel, EventName, Post, Reaction, Team, User
 from sidecar.outbox import Outbox
 from sidecar.payload import build_request
 from sidecar.rules import Context, RuleSet
-from sidecar.state import Job, Snapshot, State
+from sidecar.state import Job, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Dispatcher:
         self,
         *,
         rest: RestClient,
-        state: State,
+        state: StateBackend,
         outbox: Outbox,
         metrics: Metrics,
         rules: RuleSet,

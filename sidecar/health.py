@@ -226,8 +226,8 @@ class HealthServer:
         except Exception:
             logger.exception("readiness check raised")
             ready, reason = False, "readiness check failed"
-        if ready:
-            return web.Response(text="ready\n")
+        if ready:  # "ready"; with HA (state_url), "active" or "standby"
+            return web.Response(text=(reason or "ready") + "\n")
         return web.Response(status=503, text=(reason or "not ready") + "\n")
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:

@@ -9,8 +9,8 @@ running is ignored (the outbox id is taken), and a running daemon picks the row 
 poll (:mod:`sidecar.redelivery`); a stopped one at its next start.
 
 :class:`HistoryStore` is what the CLI and the daemon use of a backend; the one backend today
-is SQLite (:mod:`sidecar.history_sqlite`, tables in the state file); a PostgreSQL backend
-implements the same protocol.
+are SQLite (:mod:`sidecar.history_sqlite`, tables in the state file) and PostgreSQL
+(:mod:`sidecar.history_pg`, tables in the state schema, with HA).
 """
 
 from __future__ import annotations
@@ -213,3 +213,6 @@ class HistoryStore(Protocol):
 
     def prune(self, now: float, retention: Retention) -> int:
         """Delete what retention no longer keeps; returns how many rows went."""
+
+    def close(self) -> None:
+        """Release the connection."""

@@ -61,14 +61,14 @@ CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(webhook)
 CREATE INDEX IF NOT EXISTS outbox_redeliver ON outbox(created_at) WHERE stage = 'redeliver';
 """
 
-_COLUMNS: Final = (
+COLUMNS: Final = (
     "id, job_id, webhook, event, post_id, channel_id, root_id, url, webhook_id, content_type, "
     "attempts, outcome, status, duration_ms, error, created_at, finished_at, request_headers, "
     "request_body, request_truncated, response_body, redelivery_of, redelivered_at"
 )
 # A listing reads no headers or bodies: empty stand-ins keep the column positions.
 _LIST_COLUMNS: Final = (
-    _COLUMNS.replace("request_headers,", "'{}',")
+    COLUMNS.replace("request_headers,", "'{}',")
     .replace("request_body,", "X'',")
     .replace("response_body,", "NULL,")
 )
@@ -79,7 +79,7 @@ def insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Write history rows (inside the caller's transaction)."""
     encoded = [(*r[:17], json.dumps(r[17]), *r[18:]) for r in rows]
     conn.executemany(
-        f"INSERT OR REPLACE INTO deliveries ({_COLUMNS}) VALUES ({', '.join('?' * 23)})", encoded
+        f"INSERT OR REPLACE INTO deliveries ({COLUMNS}) VALUES ({', '.join('?' * 23)})", encoded
     )
 
 
@@ -135,7 +135,7 @@ class SqliteHistory:
 
     def get(self, delivery_id: str) -> Delivery | None:
         row = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            f"SELECT {COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
         ).fetchone()
         return None if row is None else _delivery(row, bodies=True)
 

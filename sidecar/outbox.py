@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import history
+from sidecar.backend import StateBackend
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT, Attempt, CallbackClient, backoff_delay
 from sidecar.health import Metrics
@@ -29,7 +30,7 @@ from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Post
 from sidecar.payload import request_headers, signature_headers
 from sidecar.reply import ReplyError, ReplySettings, build_reply, parse_response, response_user_ids
-from sidecar.state import Job, State
+from sidecar.state import Job
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Outbox:
     def __init__(
         self,
         *,
-        state: State,
+        state: StateBackend,
         callbacks: CallbackClient,
         rest: RestClient,
         metrics: Metrics,

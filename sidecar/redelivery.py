@@ -1,11 +1,11 @@
 """The daemon's side of the delivery history: redeliveries, the dead-letter gauge, pruning.
 
-``mm-sidecar redeliver`` (another process, no lock, WAL) writes outbox rows with
-``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a connection
-of its own, off the event loop, claims those whose job is not already queued or running here
-(through the writer thread, in the same order as every other write) and hands them to the
-outbox. A row whose job is still running stays queued and is looked at again next time, so
-the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
+``mm-sidecar redeliver`` (another process, no lock; SQLite in WAL, or PostgreSQL) writes outbox
+rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a
+connection of its own, off the event loop, claims those whose job is not already queued or
+running here (through the writer thread, in the same order as every other write) and hands them
+to the outbox. A row whose job is still running stays queued and is looked at again next time,
+so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
 every ``prune_every`` seconds (and once at start) the history is pruned, in short chunks.
 """
 
@@ -16,14 +16,15 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar.health import Metrics
-from sidecar.history import Retention
-from sidecar.history_sqlite import SqliteHistory
+from sidecar.history import HistoryError, HistoryStore, Retention
 from sidecar.outbox import Outbox, safe_url
-from sidecar.state import Job, State
+from sidecar.state import Job
+
+if TYPE_CHECKING:
+    from sidecar.backend import StateBackend
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ class HistoryKeeper:
     def __init__(
         self,
         *,
-        path: Path,
-        state: State,
+        state: StateBackend,
         outbox: Outbox,
         metrics: Metrics,
         retention: Callable[[], Retention],
@@ -58,7 +58,6 @@ class HistoryKeeper:
         prune_every: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._path = path
         self._state = state
         self._outbox = outbox
         self._metrics = metrics
@@ -72,8 +71,7 @@ class HistoryKeeper:
 
     async def run(self) -> None:
         """Poll, refresh and prune until cancelled."""
-        path = self._path
-        store = await _in_thread(lambda: SqliteHistory.connect(path))
+        store = await _in_thread(self._state.open_history)
         next_prune = time.monotonic()
         try:
             while True:
@@ -82,13 +80,13 @@ class HistoryKeeper:
                         next_prune = time.monotonic() + self._prune_every
                         await self.prune(store)
                     await self.poll(store)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, HistoryError) as exc:
                     log.warning("delivery history: %s; trying again shortly", exc)
                 await asyncio.sleep(self._poll_interval)
         finally:
             store.close()
 
-    async def prune(self, store: SqliteHistory) -> None:
+    async def prune(self, store: HistoryStore) -> None:
         """Delete what the retention settings no longer keep."""
         retention = self._retention()
         now = self._clock()
@@ -104,7 +102,7 @@ class HistoryKeeper:
                 retention.max_rows,
             )
 
-    async def poll(self, store: SqliteHistory) -> None:
+    async def poll(self, store: HistoryStore) -> None:
         """Take up queued redeliveries; refresh the dead-letter gauge."""
 
         def read() -> tuple[list[Job], dict[str, int]]:

@@ -351,6 +351,10 @@ class State:
         """Mark outbox rows queued by ``redeliver`` as taken by this daemon."""
         return self._submit("claim", list(job_ids))
 
+    def open_history(self) -> history_sqlite.SqliteHistory:
+        """The history on a connection of its own (the daemon's poller). Blocking."""
+        return history_sqlite.SqliteHistory.connect(self.path)
+
     def processed(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import harness
+from pg import pg_cluster, pg_url  # noqa: F401  (fixtures: a throw-away PostgreSQL)
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder
 

@@ -182,3 +182,19 @@ def test_table_aligns_numbers_right() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("name")
     assert lines[2].endswith("    5") and lines[3].endswith("1,234")
+
+
+def test_throughput_with_the_postgresql_state(tmp_path: Path, pg_cluster: object) -> None:
+    """``--state postgresql``: the sidecar again with its state in PostgreSQL (its own cluster;
+    the ``pg_cluster`` fixture only gates on PostgreSQL being installed)."""
+    data, printed = run_bench(
+        "throughput", tmp_path, "--suts", "sidecar", "--slow-suts", "none", "--state", "postgresql"
+    )
+    check_throughput_rows(data, ["sidecar", "sidecar-pg"], ["max", "rate100"])
+    targets = {t["target"]: t for t in data["targets"]}
+    for name in (
+        "throughput PostgreSQL state / SQLite state",
+        "CPU per 1000 posts PostgreSQL state / SQLite state",
+    ):
+        assert targets[name]["value"] > 0 and isinstance(targets[name]["pass"], bool)
+    assert "sidecar-pg" in printed

@@ -51,6 +51,9 @@ PRODUCT_KEYS = {
         "shutdown_timeout",
         "join_public_channels",
         "join_interval",
+        "state_url",
+        "state_password_file",
+        "state_schema",
     ],
     "webhook": [
         "name",
@@ -197,6 +200,26 @@ BAD: list[tuple[str, dict[str, dict[str, str | None]], str]] = [
         "sidecar.shutdown_timeout: expected a number, got string",
     ),
     ("state_dir empty", {S: {"state_dir": '""'}}, "sidecar.state_dir: must not be empty"),
+    (
+        "state_url scheme",
+        {S: {"state_url": '"mysql://db/x"'}},
+        'sidecar.state_url: must be "" or "postgresql://user@host/db", got \'mysql://db/x\'',
+    ),
+    (
+        "state_url password",
+        {S: {"state_url": '"postgresql://u:pw@db/x"'}},
+        "sidecar.state_url: must not hold the password: use state_password_file",
+    ),
+    (
+        "state_schema",
+        {S: {"state_schema": '"Bad-Name"'}},
+        "sidecar.state_schema: must be a lower-case SQL identifier, got 'Bad-Name'",
+    ),
+    (
+        "lease_check_interval",
+        {S: {"lease_check_interval": "0"}},
+        "sidecar.lease_check_interval: must be at least 0.1 and at most 60, got 0",
+    ),
     ("name empty", {W: {"name": '""'}}, "webhook[0].name: must not be empty"),
     ("name missing", {W: {"name": None}}, "webhook[0].name: is required"),
     (
@@ -557,6 +580,10 @@ def test_valid_config_values(tmp_path: Path) -> None:
                     "listen": '"[::1]:0"',
                     "allowed_untrusted_internal_connections": '"ci.internal, 10.0.0.0/8 fd00::/8"',
                     "catch_up_window": "1.5",
+                    "state_url": '"postgresql://sidecar@db:5432/mm?sslmode=require"',
+                    "state_password_file": '"pg.pw"',
+                    "state_schema": '"ha_state"',
+                    "lease_check_interval": "0.5",
                 },
                 W: {
                     "trigger_words": '["#a", "#b"]',
@@ -585,6 +612,9 @@ def test_valid_config_values(tmp_path: Path) -> None:
         "fd00::/8",
     )
     assert config.sidecar.catch_up_window == 1.5
+    assert config.sidecar.state_url == "postgresql://sidecar@db:5432/mm?sslmode=require"
+    assert config.sidecar.state_password_file == tmp_path / "pg.pw"
+    assert (config.sidecar.state_schema, config.sidecar.lease_check_interval) == ("ha_state", 0.5)
     (hook,) = config.webhooks
     assert hook.index == 0
     assert hook.trigger_words == ("#a", "#b")
@@ -998,3 +1028,18 @@ def test_team_and_user_names_are_lowercased_like_mattermosts() -> None:
     assert hook.users == ("alice", "zmigewsanbbsdf59xnmduzypjc")
     assert hook.exclude_users == ("bob",)
     assert hook.trigger_words == ("#Go",)  # trigger words keep their case
+
+
+def test_state_url_without_psycopg_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    errors = errors_of(tmp_path, render({S: {"state_url": '"postgresql://u@db/mm"'}}))
+    assert errors == [
+        "sidecar.state_url: needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'"
+    ]

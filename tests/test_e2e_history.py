@@ -2,7 +2,8 @@
 
 The daemon runs in-process against the emulator; ``mm-sidecar deliveries`` and
 ``mm-sidecar redeliver`` run as real subprocesses on the same state file, as an operator would
-run them beside a running (or stopped) daemon.
+run them beside a running (or stopped) daemon. The redelivery tests run on both state backends:
+SQLite in ``state_dir``, and PostgreSQL (``state_url``, HA: the one replica is the active one).
 """
 
 from __future__ import annotations
@@ -30,8 +31,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
 
 
-def write_config(tmp_path: Path, world: World, cb: CallbackRecorder) -> Path:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest) -> str:
+    """ "" (SQLite in state_dir), or the URL of a fresh PostgreSQL database (HA)."""
+    if request.param == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def active(app: Sidecar) -> None:
+    """With HA, wait until the replica holds the lease and its websocket is up."""
+    if app.ha is not None:
+        await wait_until(lambda: app.readiness() == (True, "active"), what="active replica")
+    else:
+        await wait_until(lambda: app.gateway.connected, what="websocket connected")
+
+
+def write_config(
+    tmp_path: Path, world: World, cb: CallbackRecorder, *, state_url: str = ""
+) -> Path:
     path = tmp_path / "config.toml"
+    ha = f'state_url = "{state_url}"\nlease_check_interval = 0.2\n' if state_url else ""
     path.write_text(
         f"""
 [mattermost]
@@ -39,7 +60,7 @@ url = "{world.mm.url}"
 token = "{world.bot_token}"
 
 [sidecar]
-state_dir = "{tmp_path / "state"}"
+{ha}state_dir = "{tmp_path / "state"}"
 listen = ""
 allowed_untrusted_internal_connections = ["127.0.0.1", "localhost"]
 
@@ -93,11 +114,16 @@ async def fail_once(world: World, cb: CallbackRecorder, app: Sidecar) -> None:
 
 
 async def test_dead_letter_redelivered_to_the_running_daemon(
-    world: World, cb: CallbackRecorder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world: World,
+    cb: CallbackRecorder,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    state_url: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
-    path = write_config(tmp_path, world, cb)
+    path = write_config(tmp_path, world, cb, state_url=state_url)
     async with running(load_config(path)) as app:
+        await active(app)
         await fail_once(world, cb, app)
         first, second = cb.requests
         [dead] = await listed(path, "--failed")
@@ -144,10 +170,11 @@ async def test_dead_letter_redelivered_to_the_running_daemon(
 
 
 async def test_redeliver_while_stopped_is_sent_at_the_next_start(
-    world: World, cb: CallbackRecorder, tmp_path: Path
+    world: World, cb: CallbackRecorder, tmp_path: Path, state_url: str
 ) -> None:
-    path = write_config(tmp_path, world, cb)
+    path = write_config(tmp_path, world, cb, state_url=state_url)
     async with running(load_config(path)) as app:
+        await active(app)
         await fail_once(world, cb, app)
     first = cb.requests[0]
     [dead] = await listed(path, "--failed")

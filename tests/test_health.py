@@ -59,10 +59,14 @@ async def test_readyz_follows_the_readiness_callable(served: tuple[str, Metrics,
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 503
             assert (await resp.text()).strip() == "websocket not connected: connection refused"
-        flag.ready = True
+        flag.ready, flag.reason = True, "ready"
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200
             assert (await resp.text()).strip() == "ready"
+        flag.reason = "standby"  # with HA, the role is the body of a 200
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 200
+            assert (await resp.text()).strip() == "standby"
         flag.ready, flag.reason = False, ""
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 503

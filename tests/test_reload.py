@@ -63,6 +63,16 @@ def test_mattermost_restart_warning_names_exactly_the_keys_that_need_one(
     assert not any(OTHER_TOKEN in r.getMessage() for r in caplog.records)
 
 
+def test_ha_state_keys_need_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    app = Sidecar(config(tmp_path))
+    app.reload(config(tmp_path, state_schema="other", lease_check_interval=2))
+    assert restart_warnings(caplog) == [
+        "reload: [sidecar] state_schema takes effect only after a restart",
+        "reload: [sidecar] lease_check_interval takes effect only after a restart",
+    ]
+
+
 def test_max_post_size_applies_to_the_next_reply_at_once(tmp_path: Path) -> None:
     app = Sidecar(config(tmp_path))
     app.reload(config(tmp_path, {"max_post_size": 4000}))

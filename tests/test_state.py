@@ -1,13 +1,43 @@
-"""The SQLite state: one commit per burst, read back after a restart, versioned, never wiped."""
+"""The state: one commit per burst, read back after a restart, versioned, never wiped.
+
+The behaviour tests run against both backends (SQLite in state_dir, PostgreSQL in its schema);
+the file-specific ones (corrupt file, WAL, reset) against SQLite only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sidecar.state import DB_NAME, Job, State, StateError
+from sidecar.backend import StateBackend
+from sidecar.state import DB_NAME, Job, Snapshot, State, StateError
+
+Factory = Callable[[], StateBackend]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """A new backend object on the same store each call (a restart), for each backend."""
+    if request.param == "sqlite":
+        return lambda: State(tmp_path)
+    from sidecar.pgconn import PgTarget
+    from sidecar.pgstate import PgState
+
+    url: str = request.getfixturevalue("pg_url")
+    return lambda: PgState(PgTarget(url, schema="mm_sidecar"))
+
+
+async def reopen(make_state: Factory) -> Snapshot:
+    """What a restart reads back (the store closed again afterwards)."""
+    state = make_state()
+    try:
+        return state.open()
+    finally:
+        await state.close()
 
 
 def job(n: int) -> Job:
@@ -25,8 +55,8 @@ def job(n: int) -> Job:
     )
 
 
-async def test_round_trip_and_burst_in_one_transaction(tmp_path: Path) -> None:
-    state = State(tmp_path)
+async def test_round_trip_and_burst_in_one_transaction(make_state: Factory) -> None:
+    state = make_state()
     snap = state.open()
     assert snap.fresh and snap.jobs == [] and snap.cursors == {}
     state.start_writer()
@@ -37,7 +67,7 @@ async def test_round_trip_and_burst_in_one_transaction(tmp_path: Path) -> None:
     await state.finish_job("msg_0/0")
     await state.close()
 
-    again = State(tmp_path)
+    again = make_state()
     snap = again.open()
     assert not snap.fresh
     assert snap.cursors == {"chan": 1049}
@@ -48,17 +78,17 @@ async def test_round_trip_and_burst_in_one_transaction(tmp_path: Path) -> None:
     again.start_writer()
     await again.prune_seen(1010)
     await again.close()
-    assert len(State(tmp_path).open().seen) == 40
+    assert len((await reopen(make_state)).seen) == 40
 
 
-async def test_cursor_never_moves_back(tmp_path: Path) -> None:
-    state = State(tmp_path)
+async def test_cursor_never_moves_back(make_state: Factory) -> None:
+    state = make_state()
     state.open()
     state.start_writer()
     await state.processed("chan", 2000, ["a"], 2000)
     await state.processed("chan", 1500, ["b"], 1500)
     await state.close()
-    assert State(tmp_path).open().cursors == {"chan": 2000}
+    assert (await reopen(make_state)).cursors == {"chan": 2000}
 
 
 def test_corrupt_file_is_an_error_with_a_way_out(tmp_path: Path) -> None:
@@ -67,7 +97,16 @@ def test_corrupt_file_is_an_error_with_a_way_out(tmp_path: Path) -> None:
         State(tmp_path).open()
     aside = State.reset(tmp_path)
     assert aside is not None and aside.read_bytes().startswith(b"this is not")  # kept, not wiped
-    assert State(tmp_path).open().fresh
+    assert opened(tmp_path).fresh
+
+
+def opened(state_dir: Path) -> Snapshot:
+    """Open the SQLite state and close it again (no connection left for the GC to warn on)."""
+    state = State(state_dir)
+    try:
+        return state.open()
+    finally:
+        asyncio.run(state.close())
 
 
 async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
@@ -92,10 +131,11 @@ def test_wal_mode_and_manual_checkpoints(tmp_path: Path) -> None:
     assert state._conn is not None
     assert state._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert state._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    state._conn.close()
 
 
-async def test_next_attempt_time_survives_a_restart(tmp_path: Path) -> None:
-    state = State(tmp_path)
+async def test_next_attempt_time_survives_a_restart(make_state: Factory) -> None:
+    state = make_state()
     state.open()
     state.start_writer()
     j = job(7)
@@ -103,5 +143,41 @@ async def test_next_attempt_time_survives_a_restart(tmp_path: Path) -> None:
     j.attempts, j.next_at = 2, 1234567890.5
     await state.update_job(j)
     await state.close()
-    [back] = State(tmp_path).open().jobs
+    [back] = (await reopen(make_state)).jobs
     assert (back.attempts, back.next_at, back.stage) == (2, 1234567890.5, "deliver")
+
+
+async def test_reply_stage_and_response_survive_a_restart(make_state: Factory) -> None:
+    state = make_state()
+    state.open()
+    state.start_writer()
+    j = job(8)
+    await state.add_jobs([j])
+    j.stage, j.attempts, j.response = "reply", 1, b'{"text": "done \\u00e9"}\x00'
+    await state.update_job(j)
+    gone = job(9)
+    # Added and finished in the same burst: the delete follows the insert.
+    await asyncio.gather(state.add_jobs([gone]), state.finish_job(gone.id))
+    await state.close()
+    snap = await reopen(make_state)
+    assert [(b.id, b.stage, b.attempts, b.response) for b in snap.jobs] == [
+        (j.id, "reply", 1, b'{"text": "done \\u00e9"}\x00')
+    ]
+    assert not snap.fresh
+
+
+async def test_the_last_update_of_a_burst_wins(make_state: Factory) -> None:
+    state = make_state()
+    state.open()
+    state.start_writer()
+    j = job(5)
+    await state.add_jobs([j])
+    updates = []
+    for attempts in (1, 2, 3):  # queued together: one transaction
+        j.attempts, j.next_at = attempts, 100.0 + attempts
+        updates.append(state.update_job(j))
+    await asyncio.gather(*updates, state.processed("chan", 10, ["k", "k"], 10))
+    await state.close()
+    snap = await reopen(make_state)
+    assert [(b.attempts, b.next_at) for b in snap.jobs] == [(3, 103.0)]
+    assert snap.seen == {"k": 10}
