@@ -218,11 +218,15 @@ async def test_a_cut_off_active_stops_delivering_and_the_other_takes_over(
                 pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
                 # It stops reading and delivering: no websocket, nothing running in its outbox.
                 await wait_until(
-                    lambda: not a.ha.lease.active and a.outbox is not None and a.outbox.depth == 0,
+                    lambda: (
+                        not a.ha.lease.active
+                        and not a.gateway.connected
+                        and a.outbox is not None
+                        and a.outbox.depth == 0
+                    ),
                     timeout=3,
-                    what="a to stand down",
+                    what="a to stand down (lease lost, websocket closed, outbox idle)",
                 )
-                assert not a.gateway.connected
                 assert a.outbox is not None
                 delivered_by_a = a.outbox.counters.delivered
                 for text in texts[20:]:
