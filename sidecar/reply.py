@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 from sidecar.config import WebhookConfig
+from sidecar.errors import ReplyError as ReplyError
 from sidecar.models import Post
 from sidecar.payload import go_json
 
@@ -24,10 +25,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 # Mattermost's PostPropsMaxUserRunes: props (as JSON) above this split or fail.
 PROPS_MAX_RUNES = 800_000 - 40_000
-
-
-class ReplyError(ValueError):
-    """The callback's response is invalid; the message says why (no post is made)."""
 
 
 @dataclass(frozen=True, slots=True)

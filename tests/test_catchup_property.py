@@ -198,7 +198,7 @@ class FakeState:
         future.set_result(None)
         return future
 
-    def processed(self, channel_id: str, create_at: int, keys: list[str], at: int) -> Any:
+    def record_position(self, channel_id: str, create_at: int, keys: list[str], at: int) -> Any:
         self.cursors[channel_id] = max(create_at, self.cursors.get(channel_id, create_at))
         self.seen.update((k, at) for k in keys)
         return self._done()
@@ -206,7 +206,7 @@ class FakeState:
     def record(
         self, jobs: list[Job], channel_id: str, create_at: int, keys: list[str], at: int
     ) -> Any:
-        return self.processed(channel_id, create_at, keys, at)
+        return self.record_position(channel_id, create_at, keys, at)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

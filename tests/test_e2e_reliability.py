@@ -240,7 +240,7 @@ async def save_start_position(state_dir: Path, position: int) -> None:
     state = State(state_dir)
     await asyncio.to_thread(state.open)
     state.start_writer()
-    await state.processed(POSITION_KEY, position, [], position)
+    await state.record_position(POSITION_KEY, position, [], position)
     await state.close()
 
 

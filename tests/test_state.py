@@ -55,8 +55,8 @@ async def test_cursor_never_moves_back(tmp_path: Path) -> None:
     state = State(tmp_path)
     state.open()
     state.start_writer()
-    await state.processed("chan", 2000, ["a"], 2000)
-    await state.processed("chan", 1500, ["b"], 1500)
+    await state.record_position("chan", 2000, ["a"], 2000)
+    await state.record_position("chan", 1500, ["b"], 1500)
     await state.close()
     assert State(tmp_path).open().cursors == {"chan": 2000}
 
