@@ -20,21 +20,46 @@ WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
 
 @dataclass
 class World:
-    """A seeded server: team, channels, users, the bot."""
+    """A seeded server: one team, its channels and users, the bot; every user has a token.
+
+    Team "someteam" with alice, bob, carol, the bots "ci-bot" and "sidecar-bot". Public
+    "town-square" and "dev" (everyone but carol), private "secret" (everyone but carol) and
+    "private-room" (alice, bot), a DM alice ↔ bot, a group alice, bob, bot.
+    """
 
     mm: Emulator
     team: dict[str, Any]
     town: dict[str, Any]  # public, town-square
     dev: dict[str, Any]  # public, dev
     secret: dict[str, Any]  # private, secret
+    private: dict[str, Any]  # private, private-room: alice and the bot only
     dm: dict[str, Any]  # alice ↔ bot
     group: dict[str, Any]  # alice, bob, bot
     alice: dict[str, Any]
     bob: dict[str, Any]
+    carol: dict[str, Any]  # in the team, in none of its channels
     ci: dict[str, Any]  # another bot
     bot: dict[str, Any]
-    bot_token: str
-    ci_token: str
+    tokens: dict[str, str]  # by username
+
+    @property
+    def bot_token(self) -> str:
+        """The bot's access token."""
+        return self.tokens["sidecar-bot"]
+
+    @property
+    def ci_token(self) -> str:
+        """The other bot's access token."""
+        return self.tokens["ci-bot"]
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket endpoint."""
+        return self.mm.url.replace("http://", "ws://", 1) + "/api/v4/websocket"
+
+    def auth(self, username: str = "sidecar-bot") -> dict[str, str]:
+        """An Authorization header for that user."""
+        return {"Authorization": f"Bearer {self.tokens[username]}"}
 
 
 def seed(mm: Emulator) -> World:
@@ -42,14 +67,17 @@ def seed(mm: Emulator) -> World:
     team = mm.create_team("someteam", "Some Team")
     alice = mm.create_user("alice")
     bob = mm.create_user("bob")
+    carol = mm.create_user("carol")
     ci = mm.create_user("ci-bot", is_bot=True)
     bot = mm.create_user("sidecar-bot", is_bot=True)
-    for u in (alice, bob, ci, bot):
+    users = (alice, bob, carol, ci, bot)
+    for u in users:
         mm.add_team_member(team["id"], u["id"])
     everyone = [alice["id"], bob["id"], ci["id"], bot["id"]]
     town = mm.create_channel(team["id"], "town-square", "O", "Town Square", members=everyone)
     dev = mm.create_channel(team["id"], "dev", "O", "Dev", members=everyone)
     secret = mm.create_channel(team["id"], "secret", "P", "Secret", members=everyone)
+    private = mm.create_channel(team["id"], "private-room", "P", "", [alice["id"], bot["id"]])
     dm = mm.create_direct_channel(alice["id"], bot["id"])
     group = mm.create_group_channel([alice["id"], bob["id"], bot["id"]])
     return World(
@@ -58,14 +86,15 @@ def seed(mm: Emulator) -> World:
         town=town,
         dev=dev,
         secret=secret,
+        private=private,
         dm=dm,
         group=group,
         alice=alice,
         bob=bob,
+        carol=carol,
         ci=ci,
         bot=bot,
-        bot_token=mm.create_token(bot["id"]),
-        ci_token=mm.create_token(ci["id"]),
+        tokens={u["username"]: mm.create_token(u["id"]) for u in users},
     )
 
 

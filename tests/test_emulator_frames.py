@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import connect, hello, raw, recv
 
 

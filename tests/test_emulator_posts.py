@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import call
 
 

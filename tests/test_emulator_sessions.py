@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import call
 
 LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import ERROR_KEYS, call
 
 

@@ -13,9 +13,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from harness import World, seed
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import new_id
-from tests.conftest import World, build_world
 
 VECTOR = json.loads(
     (Path(__file__).parent / "vectors" / "posted-event-and-payloads.json").read_text()
@@ -213,7 +213,7 @@ async def test_resume_with_nothing_missed_sends_nothing_old(emulator: World) -> 
 @pytest.mark.parametrize("how", ["unknown id", "restart"])
 async def test_resume_that_cannot_replay_gets_a_new_hello(how: str) -> None:
     async with Emulator(buffer_size=4) as mm:
-        w = build_world(mm)
+        w = seed(mm)
         old, first = await hello(w)
         conn_id = first["data"]["connection_id"]
         if how == "restart":
@@ -332,7 +332,7 @@ async def test_client_actions_get_seq_reply(emulator: World) -> None:
 async def test_stop_closes_sockets_with_going_away() -> None:
     mm = Emulator()
     await mm.start()
-    w = build_world(mm)
+    w = seed(mm)
     ws, _ = await hello(w)
     await mm.stop()
     with pytest.raises(ConnectionClosed) as closed:

@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import anonymous, hello, recv
 
 
