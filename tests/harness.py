@@ -13,6 +13,7 @@ from typing import Any
 from sidecar.app import Sidecar, Tuning
 from sidecar.config import Config, parse_config
 from sidecar.testing.emulator import Emulator
+from sidecar.testing.recorder import CallbackRecorder, Recorded
 
 FAST = Tuning(ping_interval=1.0, pong_timeout=1.0, backoff_base=0.05, backoff_cap=0.2)
 WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
@@ -133,6 +134,32 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
+def connected(app: Sidecar) -> bool:
+    """Whether the dispatcher has processed a connection (the connected gauge is 1)."""
+    return app.metrics.registry.get_sample_value("mm_sidecar_websocket_connected") == 1
+
+
+async def drained_after(
+    app: Sidecar,
+    cb: CallbackRecorder,
+    post: Callable[[], object],
+    is_marker: Callable[[Recorded], bool],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Make a last post that fires (``post``), wait for its request, then for an empty outbox.
+
+    The dispatcher handles posts in order, so whatever an earlier post would have fired was
+    queued before the marker's job, and delivered once the outbox is empty: a test proves that
+    something did not happen without sleeping. The marker's requests are removed from
+    ``cb.requests``.
+    """
+    post()
+    await wait_until(lambda: any(is_marker(r) for r in cb.requests), timeout=timeout, what="marker")
+    await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="drain")
+    cb.requests[:] = [r for r in cb.requests if not is_marker(r)]
+
+
 @asynccontextmanager
 async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sidecar]:
     """A started, connected Sidecar; stopped (drained) on exit."""
@@ -144,8 +171,9 @@ async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sid
             await wait_until(lambda: app.readiness()[0] or task.done(), what="sidecar ready")
             if task.done():
                 task.result()
-            # the first Connected item is processed by the dispatcher right after
-            await asyncio.sleep(0.05)
+            # The dispatcher took the first Connected item (it sets the gauge, then handles
+            # the gap: on a first start without waiting for anything).
+            await wait_until(lambda: connected(app), what="first connection processed")
             yield app
         finally:
             stop.set()
