@@ -139,6 +139,13 @@ def connected(app: Sidecar) -> bool:
     return app.metrics.registry.get_sample_value("mm_sidecar_websocket_connected") == 1
 
 
+async def drained(app: Sidecar, *, timeout: float = 10.0) -> None:
+    """Wait until every job queued so far is finished (delivered, replied, or given up)."""
+    await wait_until(
+        lambda: app.outbox is not None and app.outbox.depth == 0, timeout=timeout, what="drain"
+    )
+
+
 async def drained_after(
     app: Sidecar,
     cb: CallbackRecorder,
@@ -156,7 +163,7 @@ async def drained_after(
     """
     post()
     await wait_until(lambda: any(is_marker(r) for r in cb.requests), timeout=timeout, what="marker")
-    await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="drain")
+    await drained(app)
     cb.requests[:] = [r for r in cb.requests if not is_marker(r)]
 
 

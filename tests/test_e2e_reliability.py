@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import FAST, World, drained_after, make_config, running, wait_until
+from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.dispatch import LOOKUP_ATTEMPTS, POSITION_KEY
 from sidecar.mattermost import Unauthorized
@@ -302,11 +302,11 @@ async def test_callback_503_twice_then_200_gives_one_reply(
 ) -> None:
     cb.script(Reply(503), Reply(503), Reply(200, {"text": "third time lucky"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=3)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("flaky")
         reqs = await cb.wait_for(3, timeout=15)
         posts = await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.3)
+        await drained(app)
         posts = world.mm.posts_in(world.dev["id"])
     assert len(cb.requests) == 3
     assert len({r.headers["webhook-id"] for r in reqs}) == 1
@@ -321,11 +321,11 @@ async def test_callback_429_retry_after_is_honoured(
 ) -> None:
     cb.script(Reply(429, "slow down", headers={"Retry-After": "1"}), Reply(200, {"text": "ok"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=1)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("rate limited")
         first, second = await cb.wait_for(2, timeout=15)
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.2)
+        await drained(app)
     assert second.received_at - first.received_at >= 0.98
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == ["rate limited", "ok"]
@@ -336,10 +336,10 @@ async def test_callback_4xx_is_never_retried(
 ) -> None:
     cb.script(Reply(400, {"text": "bad request answers still reply"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=3)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("refused")
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.5)
+        await drained(app)
     assert len(cb.requests) == 1  # Mattermost does not check the status: the body is the reply
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])][-1] == (
         "bad request answers still reply"
@@ -356,7 +356,7 @@ async def test_retries_exhausted_the_last_answer_is_the_reply(
         await cb.wait_for(2, timeout=10)
         # the 502 of the last attempt is an answer like any other: Mattermost replies with it
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.3)
+        await drained(app)
         assert app.outbox is not None and app.outbox.depth == 0
     assert len(cb.requests) == 2
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == ["doomed", "no"]
@@ -371,10 +371,10 @@ async def test_reply_post_500_twice_posted_once(
     cb.default = Reply(200, {"text": "the reply"})
     world.mm.fail_next(2, 500, method="POST", path_prefix="/posts")
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("needs a reply")
         await world.mm.wait_for_posts(world.dev["id"], 2, timeout=10)
-        await asyncio.sleep(0.5)
+        await drained(app)
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == [
         "needs a reply",
         "the reply",
@@ -405,10 +405,10 @@ async def test_reply_created_but_answer_lost_is_deduplicated(
 
     mm.create_post = create_then_fail  # type: ignore[method-assign]
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("needs a reply")
         await wait_until(lambda: len(pending) >= 3, what="three reply attempts")
-        await asyncio.sleep(0.3)
+        await drained(app)
     assert [p["message"] for p in mm.posts_in(world.dev["id"])] == ["needs a reply", "the reply"]
     assert len(pending) == 3 and len(set(pending)) == 1
 
@@ -464,11 +464,11 @@ async def test_same_millisecond_across_a_sidecar_restart(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         at = int(time.time() * 1000)  # after the first start: not history
         post("first", create_at=at)
         await cb.wait_for(1)
-        await asyncio.sleep(0.1)
+        await drained(app)
     post("second", create_at=at)
     async with running(config) as app:
         await settle(app, world, cb, 2)
@@ -554,9 +554,15 @@ async def test_reactions_made_during_a_gap_are_caught_up(
         await cb.wait_for(1)
     world.mm.react(world.bob["id"], target["id"], "tada")  # while the sidecar is stopped
     world.mm.react(world.bot["id"], target["id"], "robot")  # the bot's own: never fires
-    async with running(config):
+    async with running(config) as app:
         await cb.wait_for(2)
-        await asyncio.sleep(0.3)
+        # A live reaction after the catch-up: once it is delivered, the robot's would be too.
+        await drained_after(
+            app,
+            cb,
+            lambda: world.mm.react(world.alice["id"], target["id"], "white_check_mark"),
+            lambda r: b"white_check_mark" in r.body,
+        )
     got = [parse_qs(r.body.decode()) for r in cb.requests]
     assert [(g["emoji_name"][0], g["user_name"][0]) for g in got] == [
         ("thumbsup", "alice"),
