@@ -88,8 +88,9 @@ class Dispatcher:
         if position is None:
             position = min(snapshot.cursors.values(), default=rest.server_now_ms())
         self._position = position
-        # No cursor is older than the start: one that is (0, written by an edit or a reaction
-        # before issue 16) would make catch-up replay that channel's history.
+        # No cursor is older than the start: one that is (0, written for an edit or a reaction
+        # by versions that did not keep the start position) would make catch-up replay that
+        # channel's history.
         self._cursors = {k: max(v, position) for k, v in snapshot.cursors.items()}
 
     def server_now(self) -> int:

@@ -1,8 +1,9 @@
 """The Mattermost REST client: one pooled aiohttp session, async, with cached lookups.
 
-Only the calls the sidecar needs (reference §5). Users, teams and channels are cached for a
-bounded time and invalidated by ``user_updated`` / ``channel_updated`` events, so a rename is
-followed; concurrent lookups of the same object share one request.
+Only the calls the sidecar needs, under ``/api/v4`` with ``Authorization: Bearer``. Users,
+teams and channels are cached for a bounded time and invalidated by ``user_updated`` /
+``channel_updated`` events, so a rename is followed; concurrent lookups of the same object
+share one request.
 """
 
 from __future__ import annotations

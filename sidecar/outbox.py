@@ -334,7 +334,7 @@ class Outbox:
     async def _reply(
         self, job: Job, webhook: WebhookConfig, delivered: str
     ) -> tuple[history.Outcome, str]:
-        """Turn the callback's answer into posts, as Mattermost does (reference §3).
+        """Turn the callback's answer into posts, as Mattermost does for an outgoing webhook.
 
         Returns the history outcome and its error text.
         """

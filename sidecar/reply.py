@@ -1,4 +1,4 @@
-"""Callback response → the posts to create, with Mattermost's rules (reference §3).
+"""Callback response → the posts to create, with Mattermost's rules for outgoing webhooks.
 
 Pure. Two deliberate fixes over Mattermost: ``response_type: "comment"`` threads under the
 triggering post's *root*, and ``priority`` on such a comment is dropped with a warning
