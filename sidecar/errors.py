@@ -13,7 +13,9 @@ The tree (indentation is inheritance)::
     │   └── Unauthorized         401: the bot token was rejected (fatal, exit 78)
     ├── StateError               the state file cannot be used (exit 78)
     │   └── StateWriteError      commits kept failing (exit 1: restart and catch up)
-    └── HistoryError             the delivery history cannot be read or written
+    ├── HistoryError             the delivery history cannot be read or written
+    ├── Desync                   (gateway.py) the websocket's seq went backwards or leapt
+    └── ImportFailed             (importer.py) ``mm-sidecar import`` cannot go on
 
 ``FrameError``, ``ObjectError`` and ``ReplyError`` are also ``ValueError``\\s (they were before
 the tree existed; code catching ``ValueError`` keeps working).
@@ -23,7 +25,8 @@ What is retried is decided by :mod:`sidecar.retry`: a :class:`MattermostError` w
 :func:`sidecar.retry.retrying` re-raises it before looking, so no catch-all for retryable
 errors can swallow a rejected token.
 
-Each class is re-exported by the module that raises it (``sidecar.mattermost.MattermostError``,
+``Desync`` and ``ImportFailed`` live in the one module that raises and handles them. Each other
+class is re-exported by the module that raises it (``sidecar.mattermost.MattermostError``,
 ``sidecar.events.FrameError``, …), so either import works.
 """
 

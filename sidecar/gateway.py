@@ -20,7 +20,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from sidecar.errors import Unauthorized
+from sidecar.errors import SidecarError, Unauthorized
 from sidecar.events import MAX_FRAME_BYTES, Event, FrameError, Hello, parse_frame
 from sidecar.retry import RetryPolicy
 
@@ -70,7 +70,7 @@ class Status:
         return "connected"
 
 
-class Desync(Exception):
+class Desync(SidecarError):
     """The server's ``seq`` went backwards or leapt: this connection cannot be trusted."""
 
 
