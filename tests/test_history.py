@@ -199,7 +199,9 @@ async def test_redeliver_queues_same_body_and_webhook_id_once(tmp_path: Path) ->
     assert h.dead_letters() == {}  # redelivered: no longer counted as a dead letter
     h.close()
     # a daemon starting later does not read it as an ordinary unfinished job: the poller claims it
-    assert State(tmp_path).open().jobs == []
+    state = State(tmp_path)
+    assert state.open().jobs == []
+    await state.close()
 
 
 class FakeOutbox:
