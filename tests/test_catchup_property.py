@@ -1,4 +1,4 @@
-"""Property test of catch-up (issue 16): the Dispatcher against an in-memory server model.
+"""Property test of catch-up: the Dispatcher against an in-memory server model.
 
 Random interleavings of posts, edits, reactions and deletions in three channels, with random
 gaps — a websocket drop that resumes (events replayed, some twice), a server restart (events

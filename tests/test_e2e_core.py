@@ -1,4 +1,4 @@
-"""End to end: emulator + recording callback + the real Sidecar, in-process (issue 3)."""
+"""End to end: emulator + recording callback + the real Sidecar, in-process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The daemon against server behaviour the emulator reproduces since issue 12 (reference §6)."""
+"""The daemon against server behaviour the emulator reproduces, as the server behaves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delivery history, dead letters and redelivery (issue 14), end to end.
+"""Delivery history, dead letters and redelivery, end to end.
 
 The daemon runs in-process against the emulator; ``mm-sidecar deliveries`` and
 ``mm-sidecar redeliver`` run as real subprocesses on the same state file, as an operator would

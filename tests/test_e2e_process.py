@@ -1,4 +1,4 @@
-"""Never lose a message (issue 4), as a real process: SIGKILL, SIGTERM, SIGHUP, exit codes.
+"""Never lose a message, as a real process: SIGKILL, SIGTERM, SIGHUP, exit codes.
 
 ``python -m sidecar run -c FILE`` runs as a subprocess; the emulator and the callback recorder
 run in the test's event loop and the daemon reaches them over loopback. Readiness and every

@@ -1,4 +1,4 @@
-"""Never lose a message (issue 4), in-process: resume, catch-up, retries, liveness, 401.
+"""Never lose a message, in-process: resume, catch-up, retries, liveness, 401.
 
 Every test asserts the exact multiset of callback requests (and of reply posts where a reply
 is made): nothing missing, nothing twice unless the test says so, and then with the same

@@ -1,4 +1,4 @@
-"""End to end: every reply rule of reference §3 through a running Sidecar (issue 3)."""
+"""End to end: every reply rule of Mattermost's outgoing webhooks through a running Sidecar."""
 
 from __future__ import annotations
 

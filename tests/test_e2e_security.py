@@ -1,4 +1,4 @@
-"""Safe by default, end to end (issue 5): the address guard, signed requests, no secret leaks.
+"""Safe by default, end to end: the address guard, signed requests, no secret leaks.
 
 Through a running Sidecar against the emulator and a recording callback. The guard's address
 rules are covered unit by unit elsewhere, not repeated here: ::1, ::ffff:127.0.0.1, 0.0.0.0,

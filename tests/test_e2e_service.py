@@ -1,4 +1,4 @@
-"""End to end: readiness, metrics, sd_notify and the demo, with a real Sidecar (issue 6)."""
+"""End to end: readiness, metrics, sd_notify and the demo, with a real Sidecar."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 items 5 and 6 (reference §6): frames byte-shaped as the server writes them, and
+"""Frames byte-shaped as the server writes them, and
 the ``posted`` event's per-recipient fields."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 item 7 (reference §6): ``GET /channels/{id}/posts`` paging, collapsed threads,
+"""``GET /channels/{id}/posts`` paging, collapsed threads,
 deletes and the edit history as the server keeps them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The emulator's public-channel routes and events, as the server has them (issue 10)."""
+"""The emulator's public-channel routes and events, as the server has them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 item 1 (reference §6): events are numbered when *sent*; a disconnected connection
+"""Events are numbered when *sent*; a disconnected connection
 holds a 256-slot send queue (overflow drops the connection); the dead queue keeps the last 128
 sent events for a resume."""
 

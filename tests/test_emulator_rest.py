@@ -1,4 +1,4 @@
-"""The emulator's REST API against mattermost-reference.md §3 and §5."""
+"""The emulator's REST API, against the server's REST behaviour."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 items 2 and 3 (reference §6): the server's resume rules."""
+"""The server's resume rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 items 9 and 10 (reference §5, §6): the routes clients used, in the server's shapes;
+"""The routes clients used, in the server's shapes;
 every other route answers 501 ``emulator.not_implemented``; the README lists the routes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 item 8 (reference §6): a user's channels in a team, and the user JSON."""
+"""A user's channels in a team, and the user JSON."""
 
 from __future__ import annotations
 

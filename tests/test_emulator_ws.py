@@ -1,4 +1,4 @@
-"""The emulator's websocket against mattermost-reference.md §4 and the `posted` vector."""
+"""The emulator's websocket against the server's frames and the `posted` vector."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ async def test_posted_frame_has_the_vectors_shape(emulator: World) -> None:
     want = VECTOR["frame"]
     frame = json.loads(raw)
     assert list(frame) == list(want)  # event, data, broadcast, seq
-    # §6: a post with files adds otherFile (the vector predates it).
+    # The server: a post with files adds otherFile (the vector predates it).
     assert frame["data"].pop("otherFile") == "true"
     assert list(frame["data"]) == list(want["data"])
     assert list(frame["broadcast"]) == list(want["broadcast"])
@@ -76,7 +76,7 @@ async def test_posted_frame_has_the_vectors_shape(emulator: World) -> None:
     assert frame["broadcast"] == {**want["broadcast"], "channel_id": w.town["id"]}
     assert frame["seq"] == 1
     post, want_post = json.loads(frame["data"]["post"]), json.loads(want["data"]["post"])
-    assert post.pop("remote_id") == ""  # §6: always there (the vector predates it)
+    assert post.pop("remote_id") == ""  # the server: always there (the vector predates it)
     assert list(post) == list(want_post)
     assert {k: type(v) for k, v in post.items()} == {k: type(v) for k, v in want_post.items()}
     assert post["message"] == json.loads(want["data"]["post"])["message"]

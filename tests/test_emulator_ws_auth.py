@@ -1,4 +1,4 @@
-"""Issue 12 item 4 (reference §6): websocket authentication and the router's answers."""
+"""Websocket authentication and the router's answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state file under hostile conditions (issue 16, items 7–10): foreign and future files are
+"""The state file under hostile conditions: foreign and future files are
 refused untouched, one daemon per state_dir, a full disk is retried then exits 1, and the
 state is private to its owner."""
 

@@ -1,4 +1,4 @@
-"""Clients no one here wrote, against the emulator (issue 12): the Python ``mattermostdriver``
+"""Clients no one here wrote, against the emulator: the Python ``mattermostdriver``
 and ``mattermostautodriver``, and the official JavaScript ``@mattermost/client`` (installed
 from the npm registry into a temporary directory when Node is present)."""
 
