@@ -173,7 +173,7 @@ class Outbox:
         if webhook is None:
             await self._finish(job, history.FAILED, error="no longer configured (reload)")
             return
-        wait = job.next_at - time.time()
+        wait = job.next_at - self._delivery_retry.clock()
         if wait > 0:  # resumed after a restart while waiting to retry
             log.info(
                 "job %s: next attempt in %.1f s, as scheduled before the restart", job.id, wait
@@ -316,7 +316,7 @@ class Outbox:
             self._metrics.child(self._metrics.deliveries, webhook.name, "retried").inc()
             # Kept with the job (committed before we say so), so that a restart waits out a
             # Retry-After too and counts the attempts made.
-            job.next_at = time.time() + delay
+            job.next_at = self._delivery_retry.clock() + delay
             await self._state.update_job(job)
             log.warning(
                 "delivery failed webhook=%s post=%s url=%s: %s (attempt %d of %d); "

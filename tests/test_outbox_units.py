@@ -6,6 +6,7 @@ Each test waits on the outbox's own drain point (``drain``), never on a sleep.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, cast
 
 from fakes import SETTINGS, FakeRest, FakeState, ScriptedCallbacks, answer, config, done, job
@@ -110,3 +111,22 @@ def test_webhook_config_is_what_the_fakes_build() -> None:
     assert isinstance(hook, WebhookConfig) and hook.callback_urls == (
         "https://hooks.example.com/hook",
     )
+
+
+async def test_a_resumed_job_waits_out_its_schedule_on_the_injected_clock() -> None:
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    rig = Rig(ScriptedCallbacks(answer(503), answer(200)), retries=1)
+    rig.outbox._delivery_retry = replace(
+        NO_WAIT, clock=lambda: 1000.0, sleep=sleep, base=2.0, cap=2.0, jitter=0.0
+    )
+    resumed = job()
+    resumed.next_at = 1030.0  # scheduled before a restart
+    rig.outbox.submit([resumed], done())
+    assert await rig.outbox.drain(grace=30) == 0
+    assert waits == [30.0, 2.0]  # the schedule, then the retry's backoff
+    assert rig.state.updates[-1].next_at == 1002.0  # committed on the same clock
+    assert rig.state.outcomes() == [history.DELIVERED]
