@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from sidecar.config import Config, WebhookConfig
 from sidecar.delivery import USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher
 from sidecar.events import ChannelOpened, MemberAdded
-from sidecar.gateway import Connected, Gateway, Item
+from sidecar.gateway import Connected, Gateway, Item, Link, Status
 from sidecar.health import HealthServer, Metrics
 from sidecar.history import Retention
 from sidecar.join import Joined, Joiner
@@ -35,6 +34,7 @@ from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
 from sidecar.redelivery import HistoryKeeper
 from sidecar.reply import ReplySettings
+from sidecar.retry import RetryPolicy, retrying
 from sidecar.rules import RuleSet
 from sidecar.state import Snapshot, State, StateError
 
@@ -223,26 +223,18 @@ class Sidecar:
 
         A 401 is final. Cancel the caller to give up (SIGTERM during start-up does).
         """
-        attempt = 0
-        while True:
-            try:
-                return await self.rest.me()
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                if not exc.retryable:
-                    raise
-                cap = min(self._tuning.backoff_cap, self._tuning.backoff_base * 2**attempt)
-                delay = max(random.uniform(0, cap), exc.retry_after or 0.0)
-                attempt += 1
-                log.warning(
-                    "cannot reach Mattermost at start-up: %s; retrying in %.1f s (attempt %d)",
-                    exc,
-                    delay,
-                    attempt,
-                )
-                self.notifier.status(f"cannot reach Mattermost; retrying in {delay:.0f} s")
-                await asyncio.sleep(delay)
+        policy = RetryPolicy(base=self._tuning.backoff_base, cap=self._tuning.backoff_cap)
+
+        def failed(exc: MattermostError, attempts: int, delay: float) -> None:
+            log.warning(
+                "cannot reach Mattermost at start-up: %s; retrying in %.1f s (attempt %d)",
+                exc,
+                delay,
+                attempts,
+            )
+            self.notifier.status(f"cannot reach Mattermost; retrying in {delay:.0f} s")
+
+        return await retrying(self.rest.me, policy, on_retry=failed)
 
     async def close(self) -> None:
         """Release everything ``start`` opened (idempotent)."""
@@ -349,11 +341,11 @@ class Sidecar:
             return False, "websocket not connected"
         return True, "ready"
 
-    def _status(self, text: str) -> None:
-        if text.startswith("reconnecting"):
+    def _status(self, status: Status) -> None:
+        if status.link is Link.RECONNECTING:
             self.metrics.reconnects.inc()
             self.metrics.connected.set(0)
-        self.notifier.status(f"{text}; {len(self.config.webhooks)} webhooks")
+        self.notifier.status(f"{status}; {len(self.config.webhooks)} webhooks")
 
     # -- reload --------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class StateBackend(Protocol):
         """The history on a connection of its own. Blocking: call in a thread."""
         ...
 
-    def processed(
+    def record_position(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]: ...
 

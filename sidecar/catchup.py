@@ -21,8 +21,9 @@ import logging
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
-from sidecar.mattermost import MattermostError, RestClient, Unauthorized
-from sidecar.models import Channel, EventName, ObjectError, Post, Reaction, Team
+from sidecar.errors import BadAnswer, MattermostError, ObjectError, Unauthorized
+from sidecar.mattermost import RestClient
+from sidecar.models import Channel, EventName, Post, Reaction, Team
 from sidecar.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -197,11 +198,11 @@ async def _posts_page(rest: RestClient, channel_id: str, page: int) -> list[Post
     params = {"page": str(page), "per_page": str(PER_PAGE)}
     data = await rest.call("GET", f"/channels/{channel_id}/posts", params=params)
     if not isinstance(data, dict):
-        raise MattermostError("posts page: expected an object")
+        raise BadAnswer("posts page: expected an object")
     order, posts = data.get("order") or [], data.get("posts") or {}
     if not isinstance(order, list) or not isinstance(posts, dict):
-        raise MattermostError("posts page: bad PostList shape")
+        raise BadAnswer("posts page: bad PostList shape")
     try:
         return [Post.from_dict(posts[i]) for i in order if i in posts]
     except ObjectError as exc:
-        raise MattermostError(f"bad post from server: {exc}") from exc
+        raise BadAnswer(f"bad post from server: {exc}") from exc

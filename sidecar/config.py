@@ -30,6 +30,7 @@ from sidecar.config_checks import (
     show,
     url_problem,
 )
+from sidecar.errors import ConfigError as ConfigError
 from sidecar.models import CHANNEL_TYPES, EVENT_NAMES, ChannelType, EventName
 
 JSON = "application/json"
@@ -57,14 +58,6 @@ WEBHOOK_KEYS = (
     "signing_secret_file", "username", "icon_url", "timeout", "retries", "extended_payload",
 )
 # fmt: on
-
-
-class ConfigError(Exception):
-    """The config is invalid; ``errors`` lists every problem, each with its key path."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True, slots=True)

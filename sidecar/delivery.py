@@ -11,14 +11,11 @@ a name that later rebinds to an internal address is refused then.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timezone
 from types import TracebackType
 
 import aiohttp
@@ -27,16 +24,20 @@ from yarl import URL
 
 import sidecar
 from sidecar import guard
-from sidecar.guard import FORBIDDEN_MESSAGE, Allowed
+from sidecar.compat import StrEnum
+from sidecar.errors import Forbidden
+from sidecar.guard import Allowed
+from sidecar.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after
 
 __all__ = [
+    "DELIVERY_RETRY",
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER",
     "USER_AGENT",
     "Attempt",
     "CallbackClient",
+    "Failure",
     "Forbidden",
-    "backoff_delay",
     "check_url",
     "parse_retry_after",
 ]
@@ -45,20 +46,24 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = f"mm-sidecar/{sidecar.__version__}"
 MAX_RESPONSE_BYTES = 1024 * 1024
-MAX_RETRY_AFTER = 3600.0
 CONNECT_TIMEOUT = 3.0  # Mattermost's dial timeout
 TOO_LARGE = "response too large (> 1 MiB)"
 _CHUNK = 64 * 1024
 
 
-class Forbidden(Exception):
-    """A callback address refused by the internal-address guard."""
+class Failure(StrEnum):
+    """Why an attempt got no usable answer; decides retries and the metric label."""
 
-    def __init__(self, host: str, address: str) -> None:
-        self.host = host
-        self.address = address
-        where = address if host == address else f"{host} resolves to {address}"
-        super().__init__(f"{FORBIDDEN_MESSAGE} ({where})")
+    TIMEOUT = "timeout"  # no answer within the webhook's timeout
+    CONNECT = "connect"  # the connection failed or broke
+    REFUSED = "refused"  # the internal-address guard refused the address
+    INVALID_URL = "invalid_url"  # the callback URL cannot be called
+    TOO_LARGE = "too_large"  # an answer came, over MAX_RESPONSE_BYTES
+
+    @property
+    def retryable(self) -> bool:
+        """Only network trouble may go away: a refusal, a bad URL, a huge answer will not."""
+        return self in (Failure.TIMEOUT, Failure.CONNECT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,53 +72,22 @@ class Attempt:
 
     status: int | None  # None: no HTTP answer
     body: bytes  # at most MAX_RESPONSE_BYTES; b"" when none
-    error: str  # "" for an HTTP answer, else a short reason
+    error: str  # "" for a usable HTTP answer, else a short reason (for people)
     elapsed_ms: float
     retry_after: float | None = None  # seconds, from Retry-After on 429/503
+    failure: Failure | None = None  # None: an HTTP answer that can be used
 
     @property
     def retryable(self) -> bool:
         """Worth another attempt: connect error, timeout, 5xx, 429 (not refused, not too large)."""
-        if self.error:
-            return self.error == "timeout" or self.error.startswith("connect error")
+        if self.failure is not None:
+            return self.failure.retryable
         return self.status is not None and (self.status == 429 or self.status >= 500)
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from Retry-After (delay-seconds or HTTP-date); ``None`` if unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float = 1.0,
-    cap: float = 60.0,
-    retry_after: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before retry number ``attempt`` (0-based): full jitter, at least Retry-After.
-
-    ``uniform(0, min(cap, base * 2**attempt))``; a Retry-After (capped at an hour, so a
-    receiver cannot park a delivery for days) raises the floor.
-    """
-    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 64))
-    delay = (rng or random).uniform(0.0, ceiling)
-    if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
+DELIVERY_RETRY = RetryPolicy(base=1.0, cap=60.0)
+"""How a callback is retried: full jitter from 1 s to 60 s, at least Retry-After (capped at an
+hour, so a receiver cannot park a delivery for days); the attempts are the webhook's."""
 
 
 async def _own_addresses() -> frozenset[guard.IPAddress]:
@@ -251,10 +225,14 @@ class CallbackClient:
         started = time.perf_counter()
 
         def done(
-            status: int | None, data: bytes, error: str, retry_after: float | None = None
+            status: int | None,
+            data: bytes,
+            error: str,
+            retry_after: float | None = None,
+            failure: Failure | None = None,
         ) -> Attempt:
             elapsed = (time.perf_counter() - started) * 1000.0
-            return Attempt(status, data, error, elapsed, retry_after)
+            return Attempt(status, data, error, elapsed, retry_after, failure)
 
         # sock_connect, not connect: aiohttp's "connect" also counts waiting for a free pooled
         # connection, which under load is not the receiver's fault. Mattermost's 3 s is a dial.
@@ -265,7 +243,7 @@ class CallbackClient:
             target = URL(url)
             host = target.raw_host
             if not host or target.scheme not in ("http", "https"):
-                return done(None, b"", f"invalid url: {url}")
+                return done(None, b"", f"invalid url: {url}", None, Failure.INVALID_URL)
             await _check_literal(host, self._allowed)
             async with session.post(
                 target,
@@ -277,20 +255,20 @@ class CallbackClient:
                 status = resp.status
                 retry_after = None
                 if status in (429, 503):
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    retry_after = DELIVERY_RETRY.retry_after(resp.headers.get("Retry-After"))
                 data = await _read_limited(resp)
                 if data is None:
                     resp.close()  # drop the connection rather than drain the rest
-                    return done(status, b"", TOO_LARGE, retry_after)
+                    return done(status, b"", TOO_LARGE, retry_after, Failure.TOO_LARGE)
                 return done(status, data, "", retry_after)
         except Forbidden as exc:
-            return done(None, b"", str(exc))
+            return done(None, b"", str(exc), None, Failure.REFUSED)
         except asyncio.TimeoutError:
-            return done(None, b"", "timeout")
+            return done(None, b"", "timeout", None, Failure.TIMEOUT)
         except (aiohttp.InvalidURL, ValueError) as exc:
-            return done(None, b"", f"invalid url: {exc}")
+            return done(None, b"", f"invalid url: {exc}", None, Failure.INVALID_URL)
         except (aiohttp.ClientError, OSError) as exc:
-            return done(None, b"", f"connect error: {_describe(exc)}")
+            return done(None, b"", f"connect error: {_describe(exc)}", None, Failure.CONNECT)
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes | None:

@@ -12,15 +12,13 @@ that make catch-up and replays exactly-once. Every "now" is the server's (``serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sidecar.backend import StateBackend
-from sidecar.catchup import collect, edit_key, reaction_key
+from sidecar.catchup import CatchUp, collect, edit_key, reaction_key
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT
 from sidecar.events import ChannelUpdated, Event, Posted, PostEdited, ReactionAdded, UserUpdated
@@ -29,6 +27,7 @@ from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
 from sidecar.outbox import Outbox
 from sidecar.payload import build_request
+from sidecar.retry import RetryPolicy, retrying
 from sidecar.rules import Context, RuleSet
 from sidecar.state import Job, Snapshot
 
@@ -46,10 +45,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _retry_delay(attempt: int, retry_after: float | None, base: float) -> float:
-    """``base`` doubling to RETRY_CAP, jittered; at least the server's Retry-After."""
-    delay = min(RETRY_CAP, base * 2**attempt) * random.uniform(0.5, 1.0)
-    return float(max(delay, min(retry_after or 0.0, RETRY_CAP)))
+def lookup_policy(base: float) -> RetryPolicy:
+    """How lookups and catch-ups are retried: ``base`` doubling to RETRY_CAP, half jittered,
+    at least the server's Retry-After (capped at RETRY_CAP too); until they work."""
+    return RetryPolicy(base=base, cap=RETRY_CAP, jitter=0.5, retry_after_cap=RETRY_CAP)
 
 
 def _excerpt(text: str, limit: int = 60) -> str:
@@ -71,7 +70,8 @@ class Dispatcher:
         me: User,
         snapshot: Snapshot,
         catch_up_window: float,
-        retry_base: float,
+        retry_base: float = 0.25,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.rest = rest
         self.state = state
@@ -80,7 +80,7 @@ class Dispatcher:
         self.rules = rules  # replaced on reload
         self.me = me
         self.catch_up_window = catch_up_window  # replaced on reload
-        self._retry_base = retry_base
+        self._retry = retry or lookup_policy(retry_base)
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors
         # Where processing began (server time): the cursor of every channel without its own.
@@ -89,8 +89,9 @@ class Dispatcher:
         if position is None:
             position = min(snapshot.cursors.values(), default=rest.server_now_ms())
         self._position = position
-        # No cursor is older than the start: one that is (0, written by an edit or a reaction
-        # before issue 16) would make catch-up replay that channel's history.
+        # No cursor is older than the start: one that is (0, written for an edit or a reaction
+        # by versions that did not keep the start position) would make catch-up replay that
+        # channel's history.
         self._cursors = {k: max(v, position) for k, v in snapshot.cursors.items()}
 
     def server_now(self) -> int:
@@ -106,7 +107,7 @@ class Dispatcher:
             # Saved, so that a restart catches up from here even if nothing was processed
             # meanwhile (per-channel cursors exist only for channels that had a post).
             self._cursors[POSITION_KEY] = self._position
-            self.state.processed(POSITION_KEY, self._position, [], self._position)
+            self.state.record_position(POSITION_KEY, self._position, [], self._position)
             log.info("first start: processing begins now; no history is replayed")
             return
         self.metrics.gaps.inc()
@@ -182,33 +183,32 @@ class Dispatcher:
         what: str,
     ) -> int:
         started = time.monotonic()
-        attempt = 0
-        while True:
-            # A catch-up that fails is tried again (the dispatcher waits: later events must
-            # not move the cursors past what is still missing), until it works or we stop.
+
+        def collect_now() -> Awaitable[CatchUp]:
             # The window is measured on the server's clock, as are the posts' timestamps.
             window_start = self.server_now() - int(self.catch_up_window * 1000)
-            try:
-                found = await collect(
-                    self.rest,
-                    self.rules,
-                    cursors=cursors,
-                    default_cursor=default,
-                    window_start=window_start,
-                    seen=self._seen,
-                    channels=channels,
-                )
-                break
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                if not exc.retryable:
-                    log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
-                    return 0
-                delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
-                attempt += 1
-                log.error("catch-up%s failed: %s; trying again in %.1f s", what, exc, delay)
-                await asyncio.sleep(delay)
+            return collect(
+                self.rest,
+                self.rules,
+                cursors=cursors,
+                default_cursor=default,
+                window_start=window_start,
+                seen=self._seen,
+                channels=channels,
+            )
+
+        def failed(exc: MattermostError, _attempts: int, delay: float) -> None:
+            log.error("catch-up%s failed: %s; trying again in %.1f s", what, exc, delay)
+
+        # A catch-up that fails is tried again (the dispatcher waits: later events must not
+        # move the cursors past what is still missing), until it works or we stop.
+        try:
+            found = await retrying(collect_now, self._retry, on_retry=failed)
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
+            return 0
         for event, post, channel, team, reaction in found.items:
             if reaction is not None and reaction.user_id == self.me.id:
                 continue
@@ -242,20 +242,12 @@ class Dispatcher:
         moves its cursor past it. The dispatcher waits; the websocket reader goes on
         queueing until the queue (QUEUE_SIZE) is full.
         """
-        attempt = 0
-        while True:
-            try:
-                return await fn(arg)
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                if not exc.retryable:
-                    raise
-                delay = _retry_delay(attempt, exc.retry_after, self._retry_base)
-                attempt += 1
-                if attempt >= LOOKUP_ATTEMPTS:
-                    log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+
+        def failed(exc: MattermostError, attempts: int, delay: float) -> None:
+            if attempts >= LOOKUP_ATTEMPTS:
+                log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
+
+        return await retrying(lambda: fn(arg), self._retry, on_retry=failed)
 
     async def _post_event(
         self,
@@ -304,7 +296,7 @@ class Dispatcher:
         ctx = Context(
             event=event, post=post, channel=channel, team=team, actor=actor, reaction=reaction
         )
-        self._handle(ctx, key)
+        self.match_and_enqueue(ctx, key)
 
     async def _reaction(self, reaction: Reaction) -> None:
         if reaction.user_id == self.me.id or not self.rules.listens_for("reaction_added"):
@@ -332,9 +324,9 @@ class Dispatcher:
         cursor = self._cursor_after(post)
         if cursor > self._cursors.get(post.channel_id, cursor - 1):
             self._cursors[post.channel_id] = cursor
-            self.state.processed(post.channel_id, cursor, [], post.create_at)
+            self.state.record_position(post.channel_id, cursor, [], post.create_at)
 
-    def _handle(self, ctx: Context, key: str) -> None:
+    def match_and_enqueue(self, ctx: Context, key: str) -> None:
         """Match one event and hand its jobs to the outbox; record it as processed."""
         post = ctx.post
         jobs: list[Job] = []

@@ -12,22 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.models import ObjectError, Post, Reaction
+from sidecar.errors import FrameError as FrameError
+from sidecar.errors import ObjectError
+from sidecar.models import Post, Reaction
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024
-
-
-class FrameError(ValueError):
-    """A frame could not be decoded; ``seq`` is its sequence number when it was readable.
-
-    The gateway logs the reason once and skips the frame, but still counts its ``seq``
-    so that a resume asks for the right next event.
-    """
-
-    def __init__(self, reason: str, *, seq: int | None = None, event_name: str = "") -> None:
-        super().__init__(reason)
-        self.seq = seq
-        self.event_name = event_name
 
 
 @dataclass(frozen=True, slots=True)

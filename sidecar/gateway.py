@@ -13,14 +13,16 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from sidecar.errors import SidecarError, Unauthorized
 from sidecar.events import MAX_FRAME_BYTES, Event, FrameError, Hello, parse_frame
-from sidecar.mattermost import Unauthorized
+from sidecar.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,28 @@ class Connected:
 Item = Event | Connected
 
 
-class Desync(Exception):
+class Link(Enum):
+    """The websocket's state, as told to ``on_status``."""
+
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the gateway tells the app after each change: connected, or reconnecting in
+    ``delay`` seconds."""
+
+    link: Link
+    delay: float = 0.0
+
+    def __str__(self) -> str:
+        if self.link is Link.RECONNECTING:
+            return f"reconnecting in {self.delay:.0f} s"
+        return "connected"
+
+
+class Desync(SidecarError):
     """The server's ``seq`` went backwards or leapt: this connection cannot be trusted."""
 
 
@@ -76,7 +99,7 @@ class Gateway:
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
         user_agent: str = "mm-sidecar",
-        on_status: Callable[[str], None] | None = None,
+        on_status: Callable[[Status], None] | None = None,
         check_auth: Callable[[], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -85,12 +108,10 @@ class Gateway:
         self._sink = sink
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = RetryPolicy(base=backoff_base, cap=backoff_cap, rng=rng or random.Random())
         self._user_agent = user_agent
-        self._on_status = on_status or (lambda _text: None)
+        self._on_status = on_status or (lambda _status: None)
         self._check_auth = check_auth
-        self._rng = rng or random.Random()
         self.connection_id = ""
         self.next_seq = 0
         self.connected = False
@@ -144,13 +165,13 @@ class Gateway:
                 break
             if self._opened and not self._got_frames:
                 await self._verify_token()
-            delay = self._rng.uniform(0, min(self._backoff_cap, self._backoff_base * 2**failures))
+            delay = self._backoff.delay(failures)
             failures += 1
             self.reconnects += 1
             log.warning(
                 "websocket %s; reconnecting in %.1f s (attempt %d)", reason, delay, failures
             )
-            self._on_status(f"reconnecting in {delay:.0f} s")
+            self._on_status(Status(Link.RECONNECTING, delay))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
@@ -209,7 +230,7 @@ class Gateway:
                     self.connection_id,
                     self.next_seq,
                 )
-                self._on_status("connected")
+                self._on_status(Status(Link.CONNECTED))
                 await self._sink(Connected(self.connection_id, resumed=True, gap=False))
             got = False
             # One watcher per connection closes it on stop; the read loop itself stays a
@@ -256,7 +277,7 @@ class Gateway:
                     event.connection_id,
                     event.server_version,
                 )
-            self._on_status("connected")
+            self._on_status(Status(Link.CONNECTED))
             await self._sink(
                 Connected(
                     event.connection_id, resumed=False, gap=gap, server_version=event.server_version

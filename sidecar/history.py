@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sidecar.compat import StrEnum
+from sidecar.errors import HistoryError as HistoryError
 
 if TYPE_CHECKING:
     from sidecar.state import Job
@@ -49,10 +50,6 @@ REPLY_FAILED: Final = Outcome.REPLY_FAILED
 DEAD: Final = frozenset({FAILED, REFUSED})
 
 REDELIVER_STAGE: Final = "redeliver"  # outbox rows queued by the CLI, not yet claimed
-
-
-class HistoryError(Exception):
-    """The history cannot be read or written; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from sidecar.compat import tomllib
 from sidecar.delivery import USER_AGENT
+from sidecar.errors import SidecarError
 from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 
 IMPORT_TOKEN_ENV = "MM_SIDECAR_IMPORT_TOKEN"
@@ -41,7 +42,7 @@ _NEEDS_PERMISSION = (
 )
 
 
-class ImportFailed(Exception):
+class ImportFailed(SidecarError):
     """The import cannot go on; the message says why. ``code`` is the exit code."""
 
     def __init__(self, message: str, code: int = EX_FAIL) -> None:

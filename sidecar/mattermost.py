@@ -1,8 +1,9 @@
 """The Mattermost REST client: one pooled aiohttp session, async, with cached lookups.
 
-Only the calls the sidecar needs (reference §5). Users, teams and channels are cached for a
-bounded time and invalidated by ``user_updated`` / ``channel_updated`` events, so a rename is
-followed; concurrent lookups of the same object share one request.
+Only the calls the sidecar needs, under ``/api/v4`` with ``Authorization: Bearer``. Users,
+teams and channels are cached for a bounded time and invalidated by ``user_updated`` /
+``channel_updated`` events, so a rename is followed; concurrent lookups of the same object
+share one request.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from urllib.parse import quote
 
 import aiohttp
 
-from sidecar.models import Channel, ObjectError, Post, Team, User
+from sidecar.errors import BadAnswer as BadAnswer
+from sidecar.errors import MattermostError as MattermostError
+from sidecar.errors import ObjectError
+from sidecar.errors import Unauthorized as Unauthorized
+from sidecar.models import Channel, Post, Team, User
+from sidecar.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +41,6 @@ def local_now_ms() -> int:
 
 # The error id of GET /users/{id}/teams/{id}/channels for a user with no channel there.
 NO_CHANNELS_ERROR = "app.channel.get_channels.not_found.app_error"
-
-
-class MattermostError(Exception):
-    """The server refused a call or answered something we cannot use."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        error_id: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_id = error_id
-        self.retry_after = retry_after
-
-    @property
-    def retryable(self) -> bool:
-        """Connection errors, timeouts, 429 and 5xx may succeed later; other 4xx never will."""
-        return self.status is None or self.status == 429 or self.status >= 500
-
-
-class BadAnswer(MattermostError):
-    """A successful answer of the wrong shape. Not retryable: asking again gets the same."""
-
-    @property
-    def retryable(self) -> bool:
-        """Never: the server did answer."""
-        return False
-
-
-class Unauthorized(MattermostError):
-    """401: the bot token was rejected. Fatal (exit 78): retrying cannot help."""
 
 
 class _Cache(Generic[T]):
@@ -197,7 +168,7 @@ class RestClient:
             ) as resp:
                 raw = await _read_at_most(resp.content, MAX_BODY_BYTES + 1)
                 status = resp.status
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self._note_date(resp.headers.get("Date"), sent)
         except asyncio.TimeoutError as exc:
             raise MattermostError(f"{method} {path}: timeout") from exc
@@ -398,15 +369,6 @@ def _parse(fn: Callable[[Any], T], data: Any, what: str) -> T:
         return fn(data)
     except ObjectError as exc:
         raise BadAnswer(f"bad {what} from server: {exc}") from exc
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _snippet(raw: bytes, limit: int = 120) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sidecar.errors import ObjectError as ObjectError
+
 EventName = Literal["posted", "post_edited", "reaction_added"]
 EVENT_NAMES: tuple[EventName, ...] = ("posted", "post_edited", "reaction_added")
 
@@ -21,10 +23,6 @@ CHANNEL_TYPES: dict[str, ChannelType] = {
     "direct": "D",
     "group": "G",
 }
-
-
-class ObjectError(ValueError):
-    """A Mattermost object (post, reaction, user, …) did not have the expected shape."""
 
 
 def _str(d: Mapping[str, Any], key: str, *, required: bool = False) -> str:

@@ -16,25 +16,28 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sidecar import history
 from sidecar.backend import StateBackend
 from sidecar.config import WebhookConfig
-from sidecar.delivery import USER_AGENT, Attempt, CallbackClient, backoff_delay
+from sidecar.delivery import DELIVERY_RETRY, USER_AGENT, Attempt, Failure
+from sidecar.errors import MattermostError, Unauthorized
 from sidecar.health import Metrics
-from sidecar.mattermost import MattermostError, RestClient, Unauthorized
-from sidecar.models import Post
+from sidecar.models import Post, User
 from sidecar.payload import request_headers, signature_headers
 from sidecar.reply import ReplyError, ReplySettings, build_reply, parse_response, response_user_ids
+from sidecar.retry import RetryPolicy, retrying
 from sidecar.state import Job
 
 log = logging.getLogger(__name__)
 
 REPLY_ATTEMPTS = 6  # posting a reply: 429/5xx/connection errors, then it is given up
+REPLY_RETRY = RetryPolicy(base=0.5, cap=30.0, max_attempts=REPLY_ATTEMPTS)
+"""How posting a reply is retried: full jitter from 0.5 s to 30 s, REPLY_ATTEMPTS in all."""
 PROPS_CHECK_EVERY = 64  # replies between two checks that the server kept the webhook props
 MAX_MENTIONS = 200  # distinct <@ID> looked up per reply (in one POST /users/ids); others stay
 _MENTION = re.compile(r"<@([a-zA-Z0-9]+)>")
@@ -46,6 +49,28 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class Callbacks(Protocol):
+    """What the outbox needs of the callback client (``delivery.CallbackClient``)."""
+
+    async def send(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float
+    ) -> Attempt:
+        """POST once; never raises for network or HTTP trouble."""
+
+
+class ReplyApi(Protocol):
+    """What the outbox needs of the REST client (``mattermost.RestClient``)."""
+
+    async def create_post(self, body: Mapping[str, Any], *, decode: bool = True) -> dict[str, Any]:
+        """``POST /posts``."""
+
+    def cached_user(self, user_id: str) -> User | None:
+        """A user from the cache, if fresh."""
+
+    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
+        """``POST /users/ids``."""
 
 
 @dataclass(slots=True)
@@ -65,15 +90,19 @@ class Outbox:
         self,
         *,
         state: StateBackend,
-        callbacks: CallbackClient,
-        rest: RestClient,
+        callbacks: Callbacks,
+        rest: ReplyApi,
         metrics: Metrics,
         webhook: Callable[[str], WebhookConfig | None],
         reply_settings: Callable[[], ReplySettings],
         max_in_flight: int,
         on_fatal: Callable[[BaseException], None],
         webhook_by_url: Callable[[str], WebhookConfig | None] = lambda _url: None,
+        delivery_retry: RetryPolicy = DELIVERY_RETRY,
+        reply_retry: RetryPolicy = REPLY_RETRY,
     ) -> None:
+        self._delivery_retry = delivery_retry
+        self._reply_retry = reply_retry
         self._state = state
         self._callbacks = callbacks
         self._rest = rest
@@ -145,12 +174,12 @@ class Outbox:
         if webhook is None:
             await self._finish(job, history.FAILED, error="no longer configured (reload)")
             return
-        wait = job.next_at - time.time()
+        wait = job.next_at - self._delivery_retry.clock()
         if wait > 0:  # resumed after a restart while waiting to retry
             log.info(
                 "job %s: next attempt in %.1f s, as scheduled before the restart", job.id, wait
             )
-            await asyncio.sleep(wait)
+            await self._delivery_retry.sleep(wait)
         attempt: Attempt | None = None
         if job.stage == "deliver":
             attempt = await self._deliver(job)
@@ -158,7 +187,7 @@ class Outbox:
                 await self._finish(job, history.FAILED, error="no longer configured (reload)")
                 return
             if attempt.status is None:  # no answer after the retries (logged by _deliver)
-                refused = attempt.error.startswith("address forbidden")
+                refused = attempt.failure is Failure.REFUSED
                 await self._finish(job, history.REFUSED if refused else history.FAILED, attempt)
                 return
             webhook = self._webhook(job.webhook) or webhook  # a reload may have changed it
@@ -268,7 +297,7 @@ class Outbox:
                 # No answer, or a final 5xx/429 (whose body is still the reply, as in
                 # Mattermost): a dead letter, named for `mm-sidecar redeliver`.
                 self.counters.failed += 1
-                outcome = "refused" if attempt.error.startswith("address forbidden") else "failed"
+                outcome = history.REFUSED if attempt.failure is Failure.REFUSED else history.FAILED
                 self._metrics.child(self._metrics.deliveries, webhook.name, outcome).inc()
                 job.delivery_id = job.delivery_id or new_delivery_id()
                 log.error(
@@ -284,11 +313,11 @@ class Outbox:
                     job.delivery_id,
                 )
                 return attempt
-            delay = backoff_delay(job.attempts - 1, retry_after=attempt.retry_after)
+            delay = self._delivery_retry.delay(job.attempts - 1, attempt.retry_after)
             self._metrics.child(self._metrics.deliveries, webhook.name, "retried").inc()
             # Kept with the job (committed before we say so), so that a restart waits out a
             # Retry-After too and counts the attempts made.
-            job.next_at = time.time() + delay
+            job.next_at = self._delivery_retry.clock() + delay
             await self._state.update_job(job)
             log.warning(
                 "delivery failed webhook=%s post=%s url=%s: %s (attempt %d of %d); "
@@ -301,12 +330,12 @@ class Outbox:
                 webhook.retries + 1,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._delivery_retry.sleep(delay)
 
     async def _reply(
         self, job: Job, webhook: WebhookConfig, delivered: str
     ) -> tuple[history.Outcome, str]:
-        """Turn the callback's answer into posts, as Mattermost does (reference §3).
+        """Turn the callback's answer into posts, as Mattermost does for an outgoing webhook.
 
         Returns the history outcome and its error text.
         """
@@ -379,26 +408,28 @@ class Outbox:
         decode: bool,
     ) -> dict[str, Any] | MattermostError:
         """The created post, or the error that made us give up."""
-        for attempt in range(1, REPLY_ATTEMPTS + 1):
-            try:
-                return await self._rest.create_post(body, decode=decode)
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                if not exc.retryable or attempt == REPLY_ATTEMPTS:
-                    self._metrics.child(self._metrics.replies, "failed").inc()
-                    log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
-                    return exc
-                delay = backoff_delay(attempt - 1, base=0.5, cap=30.0, retry_after=exc.retry_after)
-                log.warning(
-                    "reply failed webhook=%s post=%s: %s; retrying in %.1f s",
-                    webhook.name,
-                    job.post_id,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+        def failed(exc: MattermostError, _attempts: int, delay: float) -> None:
+            log.warning(
+                "reply failed webhook=%s post=%s: %s; retrying in %.1f s",
+                webhook.name,
+                job.post_id,
+                exc,
+                delay,
+            )
+
+        try:
+            return await retrying(
+                lambda: self._rest.create_post(body, decode=decode),
+                self._reply_retry,
+                on_retry=failed,
+            )
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            self._metrics.child(self._metrics.replies, "failed").inc()
+            log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
+            return exc
 
     async def _usernames(self, response: dict[str, Any]) -> dict[str, str]:
         """Usernames for the ``<@USERID>`` mentions in text and attachments.

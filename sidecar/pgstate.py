@@ -245,7 +245,7 @@ class PgState:
         """The history on a connection of its own (the daemon's poller). Blocking."""
         return history_pg.PgHistory.connect(self.target)
 
-    def processed(
+    def record_position(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
         """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""

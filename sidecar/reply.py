@@ -1,4 +1,4 @@
-"""Callback response → the posts to create, with Mattermost's rules (reference §3).
+"""Callback response → the posts to create, with Mattermost's rules for outgoing webhooks.
 
 Pure. Two deliberate fixes over Mattermost: ``response_type: "comment"`` threads under the
 triggering post's *root*, and ``priority`` on such a comment is dropped with a warning
@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 from sidecar.config import WebhookConfig
+from sidecar.errors import ReplyError as ReplyError
 from sidecar.models import Post
 from sidecar.payload import go_json
 
@@ -24,10 +25,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 # Mattermost's PostPropsMaxUserRunes: props (as JSON) above this split or fail.
 PROPS_MAX_RUNES = 800_000 - 40_000
-
-
-class ReplyError(ValueError):
-    """The callback's response is invalid; the message says why (no post is made)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,8 +200,8 @@ class _EventIndex:
         self.prefix_folded_lengths: list[int] = []
         self.by_channel: dict[str, list[int]] = {}
         self.any_channel: list[int] = []
-        # Regex webhooks of any channel whose matches all contain a literal (rules.py's
-        # required_literal): found by one trigram of it, so 10,000 regexes are not all tried.
+        # Regex webhooks of any channel whose matches all contain a literal (config_checks
+        # .required_literal): found by one trigram of it, so 10,000 regexes are not all tried.
         self._literal_hooks: list[tuple[int, str, bool]] = []
         self.trigrams: dict[str, list[int]] = {}
         self.trigrams_folded: dict[str, list[int]] = {}

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import history_sqlite
+from sidecar.errors import StateError as StateError
+from sidecar.errors import StateWriteError as StateWriteError
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +53,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_at REAL NOT NULL
 );
 """
-
-
-class StateError(Exception):
-    """The state file cannot be used; the message says what to do (exit 78)."""
-
-
-class StateWriteError(StateError):
-    """Commits kept failing for WRITE_RETRY_FOR seconds (disk full, I/O error): exit 1, so
-    the service manager restarts the daemon, which catches up from what was committed."""
 
 
 @dataclass(slots=True)
@@ -355,7 +348,7 @@ class State:
         """The history on a connection of its own (the daemon's poller). Blocking."""
         return history_sqlite.SqliteHistory.connect(self.path)
 
-    def processed(
+    def record_position(
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
         """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
@@ -364,7 +357,7 @@ class State:
     def record(
         self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
-        """`add_jobs` and `processed` in one transaction.
+        """`add_jobs` and `record_position` in one transaction.
 
         A crash then leaves either both (the outbox resumes the jobs, the post is not matched
         again) or neither (catch-up finds the post again): never a post marked processed

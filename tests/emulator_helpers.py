@@ -10,7 +10,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import World
+from harness import World
 
 ERROR_KEYS = ["id", "message", "detailed_error", "request_id", "status_code"]
 

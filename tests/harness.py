@@ -13,6 +13,7 @@ from typing import Any
 from sidecar.app import Sidecar, Tuning
 from sidecar.config import Config, parse_config
 from sidecar.testing.emulator import Emulator
+from sidecar.testing.recorder import CallbackRecorder, Recorded
 
 FAST = Tuning(ping_interval=1.0, pong_timeout=1.0, backoff_base=0.05, backoff_cap=0.2)
 WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
@@ -20,21 +21,46 @@ WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
 
 @dataclass
 class World:
-    """A seeded server: team, channels, users, the bot."""
+    """A seeded server: one team, its channels and users, the bot; every user has a token.
+
+    Team "someteam" with alice, bob, carol, the bots "ci-bot" and "sidecar-bot". Public
+    "town-square" and "dev" (everyone but carol), private "secret" (everyone but carol) and
+    "private-room" (alice, bot), a DM alice ↔ bot, a group alice, bob, bot.
+    """
 
     mm: Emulator
     team: dict[str, Any]
     town: dict[str, Any]  # public, town-square
     dev: dict[str, Any]  # public, dev
     secret: dict[str, Any]  # private, secret
+    private: dict[str, Any]  # private, private-room: alice and the bot only
     dm: dict[str, Any]  # alice ↔ bot
     group: dict[str, Any]  # alice, bob, bot
     alice: dict[str, Any]
     bob: dict[str, Any]
+    carol: dict[str, Any]  # in the team, in none of its channels
     ci: dict[str, Any]  # another bot
     bot: dict[str, Any]
-    bot_token: str
-    ci_token: str
+    tokens: dict[str, str]  # by username
+
+    @property
+    def bot_token(self) -> str:
+        """The bot's access token."""
+        return self.tokens["sidecar-bot"]
+
+    @property
+    def ci_token(self) -> str:
+        """The other bot's access token."""
+        return self.tokens["ci-bot"]
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket endpoint."""
+        return self.mm.url.replace("http://", "ws://", 1) + "/api/v4/websocket"
+
+    def auth(self, username: str = "sidecar-bot") -> dict[str, str]:
+        """An Authorization header for that user."""
+        return {"Authorization": f"Bearer {self.tokens[username]}"}
 
 
 def seed(mm: Emulator) -> World:
@@ -42,14 +68,17 @@ def seed(mm: Emulator) -> World:
     team = mm.create_team("someteam", "Some Team")
     alice = mm.create_user("alice")
     bob = mm.create_user("bob")
+    carol = mm.create_user("carol")
     ci = mm.create_user("ci-bot", is_bot=True)
     bot = mm.create_user("sidecar-bot", is_bot=True)
-    for u in (alice, bob, ci, bot):
+    users = (alice, bob, carol, ci, bot)
+    for u in users:
         mm.add_team_member(team["id"], u["id"])
     everyone = [alice["id"], bob["id"], ci["id"], bot["id"]]
     town = mm.create_channel(team["id"], "town-square", "O", "Town Square", members=everyone)
     dev = mm.create_channel(team["id"], "dev", "O", "Dev", members=everyone)
     secret = mm.create_channel(team["id"], "secret", "P", "Secret", members=everyone)
+    private = mm.create_channel(team["id"], "private-room", "P", "", [alice["id"], bot["id"]])
     dm = mm.create_direct_channel(alice["id"], bot["id"])
     group = mm.create_group_channel([alice["id"], bob["id"], bot["id"]])
     return World(
@@ -58,14 +87,15 @@ def seed(mm: Emulator) -> World:
         town=town,
         dev=dev,
         secret=secret,
+        private=private,
         dm=dm,
         group=group,
         alice=alice,
         bob=bob,
+        carol=carol,
         ci=ci,
         bot=bot,
-        bot_token=mm.create_token(bot["id"]),
-        ci_token=mm.create_token(ci["id"]),
+        tokens={u["username"]: mm.create_token(u["id"]) for u in users},
     )
 
 
@@ -104,6 +134,39 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
+def connected(app: Sidecar) -> bool:
+    """Whether the dispatcher has processed a connection (the connected gauge is 1)."""
+    return app.metrics.registry.get_sample_value("mm_sidecar_websocket_connected") == 1
+
+
+async def drained(app: Sidecar, *, timeout: float = 10.0) -> None:
+    """Wait until every job queued so far is finished (delivered, replied, or given up)."""
+    await wait_until(
+        lambda: app.outbox is not None and app.outbox.depth == 0, timeout=timeout, what="drain"
+    )
+
+
+async def drained_after(
+    app: Sidecar,
+    cb: CallbackRecorder,
+    post: Callable[[], object],
+    is_marker: Callable[[Recorded], bool],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Make a last post that fires (``post``), wait for its request, then for an empty outbox.
+
+    The dispatcher handles posts in order, so whatever an earlier post would have fired was
+    queued before the marker's job, and delivered once the outbox is empty: a test proves that
+    something did not happen without sleeping. The marker's requests are removed from
+    ``cb.requests``.
+    """
+    post()
+    await wait_until(lambda: any(is_marker(r) for r in cb.requests), timeout=timeout, what="marker")
+    await drained(app)
+    cb.requests[:] = [r for r in cb.requests if not is_marker(r)]
+
+
 @asynccontextmanager
 async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sidecar]:
     """A started, connected Sidecar; stopped (drained) on exit."""
@@ -115,8 +178,9 @@ async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sid
             await wait_until(lambda: app.readiness()[0] or task.done(), what="sidecar ready")
             if task.done():
                 task.result()
-            # the first Connected item is processed by the dispatcher right after
-            await asyncio.sleep(0.05)
+            # The dispatcher took the first Connected item (it sets the gauge, then handles
+            # the gap: on a first start without waiting for anything).
+            await wait_until(lambda: connected(app), what="first connection processed")
             yield app
         finally:
             stop.set()

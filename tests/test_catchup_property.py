@@ -1,4 +1,4 @@
-"""Property test of catch-up (issue 16): the Dispatcher against an in-memory server model.
+"""Property test of catch-up: the Dispatcher against an in-memory server model.
 
 Random interleavings of posts, edits, reactions and deletions in three channels, with random
 gaps — a websocket drop that resumes (events replayed, some twice), a server restart (events
@@ -198,7 +198,7 @@ class FakeState:
         future.set_result(None)
         return future
 
-    def processed(self, channel_id: str, create_at: int, keys: list[str], at: int) -> Any:
+    def record_position(self, channel_id: str, create_at: int, keys: list[str], at: int) -> Any:
         self.cursors[channel_id] = max(create_at, self.cursors.get(channel_id, create_at))
         self.seen.update((k, at) for k in keys)
         return self._done()
@@ -206,7 +206,7 @@ class FakeState:
     def record(
         self, jobs: list[Job], channel_id: str, create_at: int, keys: list[str], at: int
     ) -> Any:
-        return self.processed(channel_id, create_at, keys, at)
+        return self.record_position(channel_id, create_at, keys, at)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

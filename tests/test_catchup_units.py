@@ -1,4 +1,4 @@
-"""Unit tests where the issue-16 bugs lived: the server clock, the seq check, catch-up of given
+"""Unit tests where catch-up bugs lived: the server clock, the seq check, catch-up of given
 channels from a given position (the path a join will use)."""
 
 from __future__ import annotations

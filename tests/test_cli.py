@@ -1,4 +1,4 @@
-"""The command line (issue 3): check, match, token, run and --version, mostly as real processes."""
+"""The command line: check, match, token, run and --version, mostly as real processes."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -17,12 +17,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from sidecar.delivery import (
+    DELIVERY_RETRY,
     MAX_RESPONSE_BYTES,
     MAX_RETRY_AFTER,
     USER_AGENT,
     Attempt,
     CallbackClient,
-    backoff_delay,
+    Failure,
     check_url,
     parse_retry_after,
 )
@@ -424,8 +425,8 @@ async def test_invalid_url_and_lifecycle(client_factory: Factory) -> None:
 @pytest.mark.parametrize(
     ("attempt", "retryable"),
     [
-        (Attempt(None, b"", "timeout", 1.0), True),
-        (Attempt(None, b"", "connect error: refused", 1.0), True),
+        (Attempt(None, b"", "timeout", 1.0, failure=Failure.TIMEOUT), True),
+        (Attempt(None, b"", "connect error: refused", 1.0, failure=Failure.CONNECT), True),
         (Attempt(500, b"", "", 1.0), True),
         (Attempt(502, b"", "", 1.0), True),
         (Attempt(503, b"", "", 1.0, 5.0), True),
@@ -434,10 +435,13 @@ async def test_invalid_url_and_lifecycle(client_factory: Factory) -> None:
         (Attempt(302, b"", "", 1.0), False),
         (Attempt(400, b"", "", 1.0), False),
         (Attempt(404, b"", "", 1.0), False),
-        (Attempt(None, b"", f"{FORBIDDEN_MESSAGE} (127.0.0.1)", 1.0), False),
-        (Attempt(200, b"", "response too large (> 1 MiB)", 1.0), False),
-        (Attempt(500, b"", "response too large (> 1 MiB)", 1.0), False),
-        (Attempt(None, b"", "invalid url: x", 1.0), False),
+        (
+            Attempt(None, b"", f"{FORBIDDEN_MESSAGE} (127.0.0.1)", 1.0, failure=Failure.REFUSED),
+            False,
+        ),
+        (Attempt(200, b"", "response too large (> 1 MiB)", 1.0, failure=Failure.TOO_LARGE), False),
+        (Attempt(500, b"", "response too large (> 1 MiB)", 1.0, failure=Failure.TOO_LARGE), False),
+        (Attempt(None, b"", "invalid url: x", 1.0, failure=Failure.INVALID_URL), False),
     ],
 )
 def test_retryable(attempt: Attempt, retryable: bool) -> None:
@@ -465,6 +469,17 @@ NOW = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=NOW) == expected
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = 1.0,
+    cap: float = 60.0,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    return replace(DELIVERY_RETRY, base=base, cap=cap, rng=rng).delay(attempt, retry_after)
 
 
 def test_backoff_full_jitter_bounds() -> None:

@@ -1,4 +1,4 @@
-"""``mm-sidecar demo`` always ends on SIGINT, whenever it comes (issue 17)."""
+"""``mm-sidecar demo`` always ends on SIGINT, whenever it comes."""
 
 from __future__ import annotations
 

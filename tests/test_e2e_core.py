@@ -1,4 +1,4 @@
-"""End to end: emulator + recording callback + the real Sidecar, in-process (issue 3)."""
+"""End to end: emulator + recording callback + the real Sidecar, in-process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from harness import WEBHOOK_TOKEN, World, make_config, running
+from harness import WEBHOOK_TOKEN, World, drained_after, make_config, running
 from sidecar.config import JSON
 from sidecar.testing.recorder import CallbackRecorder, Reply
 
@@ -33,12 +33,17 @@ async def test_public_exact_and_prefix(world: World, cb: CallbackRecorder, tmp_p
             },
         ],
     )
-    async with running(config):
+    async with running(config) as app:
         world.mm.post(world.alice["id"], world.town["id"], "#build now")
         world.mm.post(world.alice["id"], world.town["id"], "#building nothing")  # exact: no
         world.mm.post(world.alice["id"], world.dev["id"], "!deploy prod")
         got = await cb.wait_for(2)
-        await asyncio.sleep(0.2)
+        await drained_after(
+            app,
+            cb,
+            lambda: world.mm.post(world.alice["id"], world.town["id"], "#build marker"),
+            lambda r: b"marker" in r.body,
+        )
     assert len(cb.requests) == 2
     by_path = {r.path: form(r.body) for r in cb.requests}
     assert by_path["/exact"]["trigger_word"] == "#build"
@@ -152,13 +157,18 @@ async def test_private_dm_group_with_channel_types(
             }
         ],
     )
-    async with running(config):
+    async with running(config) as app:
         world.mm.post(world.alice["id"], world.town["id"], "!ping public")  # not listed
         world.mm.post(world.alice["id"], world.secret["id"], "!ping private")
         world.mm.post(world.alice["id"], world.dm["id"], "!ping direct")
         world.mm.post(world.alice["id"], world.group["id"], "!ping group")
         await cb.wait_for(3)
-        await asyncio.sleep(0.2)
+        await drained_after(
+            app,
+            cb,
+            lambda: world.mm.post(world.alice["id"], world.secret["id"], "!ping marker"),
+            lambda r: b"marker" in r.body,
+        )
     bodies = sorted((form(r.body) for r in cb.requests), key=lambda b: b["text"])
     assert [b["text"] for b in bodies] == ["!ping direct", "!ping group", "!ping private"]
     dm = bodies[0]
@@ -210,7 +220,7 @@ async def test_never_fires_on_own_webhook_system_posts(
     world: World, cb: CallbackRecorder, tmp_path: Path
 ) -> None:
     config = make_config(world, tmp_path, [{"channels": ["dev"], "callback_urls": [cb.url_for()]}])
-    async with running(config):
+    async with running(config) as app:
         world.mm.post(world.bot["id"], world.dev["id"], "the bot's own post")
         world.mm.post(
             world.ci["id"], world.dev["id"], "a webhook post", props={"from_webhook": "true"}
@@ -220,7 +230,12 @@ async def test_never_fires_on_own_webhook_system_posts(
         )
         world.mm.post(world.ci["id"], world.dev["id"], "another bot: fires")
         [req] = await cb.wait_for(1)
-        await asyncio.sleep(0.3)
+        await drained_after(
+            app,
+            cb,
+            lambda: world.mm.post(world.alice["id"], world.dev["id"], "marker"),
+            lambda r: b"marker" in r.body,
+        )
     assert len(cb.requests) == 1
     assert form(req.body)["text"] == "another bot: fires"
 

@@ -1,4 +1,4 @@
-"""End to end, the edges of issue 17: names, reload semantics, log injection."""
+"""End to end, the edges: names, reload semantics, log injection."""
 
 from __future__ import annotations
 

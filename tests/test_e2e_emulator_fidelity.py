@@ -1,4 +1,4 @@
-"""The daemon against server behaviour the emulator reproduces since issue 12 (reference §6)."""
+"""The daemon against server behaviour the emulator reproduces, as the server behaves."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ async def test_catch_up_with_a_team_where_the_bot_has_no_channel(
     mm = world.mm
     # The daemon runs as ci-bot: no direct or group channel (those would be listed for any
     # team), a member of dev, and of a second team where it is in no channel.
-    as_ci = replace(world, bot=world.ci, bot_token=world.ci_token)
+    as_ci = replace(world, bot=world.ci, tokens={**world.tokens, "sidecar-bot": world.ci_token})
     empty = mm.create_team("emptyteam", "Empty Team")
     mm.add_team_member(empty["id"], world.ci["id"])
     hooks = [{"channels": ["dev"], "callback_urls": [cb.url_for()]}]

@@ -1,4 +1,4 @@
-"""Delivery history, dead letters and redelivery (issue 14), end to end.
+"""Delivery history, dead letters and redelivery, end to end.
 
 The daemon runs in-process against the emulator; ``mm-sidecar deliveries`` and
 ``mm-sidecar redeliver`` run as real subprocesses on the same state file, as an operator would
@@ -8,16 +8,14 @@ SQLite in ``state_dir``, and PostgreSQL (``state_url``, HA: the one replica is t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import run_cli
 
 from harness import WEBHOOK_TOKEN, World, make_config, running, wait_until
 from sidecar.app import Sidecar
@@ -77,21 +75,7 @@ retries = 1
 
 async def cli(*args: str) -> tuple[int, str, str]:
     """``python -m sidecar ARGS`` as a separate process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MM_SIDECAR")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*args)
 
 
 async def listed(path: Path, *extra: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Hostile input, end to end (issue 5): each one logged, and the next good message still delivered.
+"""Hostile input, end to end: each one logged, and the next good message still delivered.
 
 Websocket frames, REST answers and callback responses go through a running Sidecar against
 the emulator; config files through ``mm-sidecar check``. The pure parsers are fuzzed and

@@ -1,4 +1,4 @@
-"""Public channels without hand-made memberships (issue 10): the bot joins what is in scope.
+"""Public channels without hand-made memberships: the bot joins what is in scope.
 
 Mattermost's built-in webhook fires in every public channel of its team; the sidecar joins
 those channels, at start, every join_interval and on channel_converted / channel_restored,

@@ -1,4 +1,4 @@
-"""Never lose a message, for real (issue 16, items 1–5): end to end through a restart or a drop.
+"""Never lose a message, for real: end to end through a restart or a drop.
 
 Each test failed on the code before the fix: the comment on each says how.
 """

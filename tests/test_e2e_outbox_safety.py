@@ -1,5 +1,5 @@
-"""The outbox across a webhook rename, and a reply with thousands of mentions (issue 16,
-items 6 and 12), end to end against the emulator."""
+"""The outbox across a webhook rename, and a reply with thousands of mentions, end to end
+against the emulator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small parity details read from the server (issue 10): burn-on-read posts never fire; a
+"""Small parity details read from the server: burn-on-read posts never fire; a
 reply may have any non-system post type."""
 
 from __future__ import annotations

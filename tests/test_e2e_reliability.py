@@ -1,4 +1,4 @@
-"""Never lose a message (issue 4), in-process: resume, catch-up, retries, liveness, 401.
+"""Never lose a message, in-process: resume, catch-up, retries, liveness, 401.
 
 Every test asserts the exact multiset of callback requests (and of reply posts where a reply
 is made): nothing missing, nothing twice unless the test says so, and then with the same
@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import FAST, World, make_config, running, wait_until
+from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.dispatch import LOOKUP_ATTEMPTS, POSITION_KEY
 from sidecar.mattermost import Unauthorized
@@ -69,10 +69,22 @@ def poster(world: World, channel: dict[str, Any]) -> Any:
     return post
 
 
-async def settle(cb: CallbackRecorder, count: int, *, timeout: float = 10.0) -> None:
-    """Wait for ``count`` requests, then a little longer so a duplicate would show."""
+SENTINEL = "the last post of the test"
+
+
+async def settle(
+    app: Sidecar, world: World, cb: CallbackRecorder, count: int, *, timeout: float = 10.0
+) -> None:
+    """Wait for ``count`` requests; then for a last post in dev and an empty outbox, so that a
+    duplicate would show (``harness.drained_after``)."""
     await cb.wait_for(count, timeout=timeout)
-    await asyncio.sleep(0.3)
+    await drained_after(
+        app,
+        cb,
+        lambda: world.mm.post(world.alice["id"], world.dev["id"], SENTINEL),
+        lambda r: text_of(r) == SENTINEL,
+        timeout=timeout,
+    )
 
 
 def every_dev_post(cb: CallbackRecorder, **extra: Any) -> dict[str, Any]:
@@ -100,7 +112,7 @@ async def test_drop_mid_stream_resumes_exactly_once(
         await wait_until(lambda: app.gateway.connected, what="reconnected")
         for i in range(5):
             post(f"after {i}")
-        await settle(cb, 30)
+        await settle(app, world, cb, 30)
         assert app.gateway.connection_id == connection  # resumed, not a new hello
     expected = Counter(
         [f"before {i}" for i in range(5)]
@@ -133,7 +145,7 @@ async def test_server_restart_while_posting_catches_up(
         await asyncio.sleep(0.03)
         await world.mm.restart()  # forgets every connection: the resume gets a new hello
         await writer
-        await settle(cb, 50)
+        await settle(app, world, cb, 50)
         assert app.gateway.connection_id != connection
     assert texts(cb) == Counter(f"m{i}" for i in range(50))
     assert catch_up_calls(world.mm) >= 1
@@ -155,7 +167,7 @@ async def test_restart_with_posts_only_while_down(
             post(f"m{i}")
         assert not app.gateway.connected
         unblock(world.mm)
-        await settle(cb, 51)
+        await settle(app, world, cb, 51)
     assert texts(cb) == Counter(["live"] + [f"m{i}" for i in range(50)])
 
 
@@ -199,7 +211,7 @@ async def test_1500_posts_in_a_gap_page_past_the_limit(
         monkeypatch.setattr(world.mm.store, "posts_since", _random_thousand(world.mm))
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         post("live")
         await cb.wait_for(1)
         block_websocket(world.mm)
@@ -207,7 +219,7 @@ async def test_1500_posts_in_a_gap_page_past_the_limit(
         for i in range(1500):
             post(f"m{i}")
         unblock(world.mm)
-        await settle(cb, 1501, timeout=30)
+        await settle(app, world, cb, 1501, timeout=30)
     assert texts(cb) == Counter(["live"] + [f"m{i}" for i in range(1500)])
 
 
@@ -226,11 +238,11 @@ async def test_posts_older_than_window_are_skipped_and_counted(
     post("too old 1", create_at=now - 300_000)
     post("too old 2", create_at=now - 120_000)
     post("recent", create_at=now - 10_000)
-    async with running(config):
+    async with running(config) as app:
         await cb.wait_for(1)
         post("old but live", create_at=now - 600_000)  # live posts fire whatever their stamp
         post("new")
-        await settle(cb, 3)
+        await settle(app, world, cb, 3)
     assert texts(cb) == Counter(["recent", "old but live", "new"])
     assert "catch-up skipped 2 posts older than catch_up_window (60 s)" in logs.text
 
@@ -240,7 +252,7 @@ async def save_start_position(state_dir: Path, position: int) -> None:
     state = State(state_dir)
     await asyncio.to_thread(state.open)
     state.start_writer()
-    await state.processed(POSITION_KEY, position, [], position)
+    await state.record_position(POSITION_KEY, position, [], position)
     await state.close()
 
 
@@ -255,11 +267,11 @@ async def test_lookup_outage_delays_but_loses_nothing(
     mm.add_team_member(world.team["id"], dave["id"])
     mm.add_channel_member(world.dev["id"], dave["id"])
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config, tuning=QUICK_RETRIES):
+    async with running(config, tuning=QUICK_RETRIES) as app:
         mm.fail_next(LOOKUP_ATTEMPTS + 2, 503, method="GET", path_prefix=f"/users/{dave['id']}")
         mm.post(dave["id"], world.dev["id"], "who am I?")  # dave is not cached yet
         poster(world, world.dev)("next")
-        await settle(cb, 2)
+        await settle(app, world, cb, 2)
     assert [text_of(r) for r in cb.requests] == ["who am I?", "next"]  # in order, once each
 
 
@@ -268,7 +280,7 @@ async def test_failed_catch_up_is_tried_again(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config, tuning=QUICK_RETRIES):
+    async with running(config, tuning=QUICK_RETRIES) as app:
         post("live")
         await cb.wait_for(1)
         block_websocket(world.mm)
@@ -277,7 +289,7 @@ async def test_failed_catch_up_is_tried_again(
             post(f"m{i}")
         unblock(world.mm)
         world.mm.fail_next(3, 502, method="GET", path_prefix="/users/me/teams")
-        await settle(cb, 6)
+        await settle(app, world, cb, 6)
     assert texts(cb) == Counter(["live"] + [f"m{i}" for i in range(5)])
     assert logs.text.count("catch-up failed") == 3
 
@@ -290,11 +302,11 @@ async def test_callback_503_twice_then_200_gives_one_reply(
 ) -> None:
     cb.script(Reply(503), Reply(503), Reply(200, {"text": "third time lucky"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=3)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("flaky")
         reqs = await cb.wait_for(3, timeout=15)
         posts = await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.3)
+        await drained(app)
         posts = world.mm.posts_in(world.dev["id"])
     assert len(cb.requests) == 3
     assert len({r.headers["webhook-id"] for r in reqs}) == 1
@@ -309,11 +321,11 @@ async def test_callback_429_retry_after_is_honoured(
 ) -> None:
     cb.script(Reply(429, "slow down", headers={"Retry-After": "1"}), Reply(200, {"text": "ok"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=1)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("rate limited")
         first, second = await cb.wait_for(2, timeout=15)
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.2)
+        await drained(app)
     assert second.received_at - first.received_at >= 0.98
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == ["rate limited", "ok"]
@@ -324,10 +336,10 @@ async def test_callback_4xx_is_never_retried(
 ) -> None:
     cb.script(Reply(400, {"text": "bad request answers still reply"}))
     config = make_config(world, tmp_path, [every_dev_post(cb, retries=3)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("refused")
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.5)
+        await drained(app)
     assert len(cb.requests) == 1  # Mattermost does not check the status: the body is the reply
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])][-1] == (
         "bad request answers still reply"
@@ -344,7 +356,7 @@ async def test_retries_exhausted_the_last_answer_is_the_reply(
         await cb.wait_for(2, timeout=10)
         # the 502 of the last attempt is an answer like any other: Mattermost replies with it
         await world.mm.wait_for_posts(world.dev["id"], 2)
-        await asyncio.sleep(0.3)
+        await drained(app)
         assert app.outbox is not None and app.outbox.depth == 0
     assert len(cb.requests) == 2
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == ["doomed", "no"]
@@ -359,10 +371,10 @@ async def test_reply_post_500_twice_posted_once(
     cb.default = Reply(200, {"text": "the reply"})
     world.mm.fail_next(2, 500, method="POST", path_prefix="/posts")
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("needs a reply")
         await world.mm.wait_for_posts(world.dev["id"], 2, timeout=10)
-        await asyncio.sleep(0.5)
+        await drained(app)
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == [
         "needs a reply",
         "the reply",
@@ -393,10 +405,10 @@ async def test_reply_created_but_answer_lost_is_deduplicated(
 
     mm.create_post = create_then_fail  # type: ignore[method-assign]
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         poster(world, world.dev)("needs a reply")
         await wait_until(lambda: len(pending) >= 3, what="three reply attempts")
-        await asyncio.sleep(0.3)
+        await drained(app)
     assert [p["message"] for p in mm.posts_in(world.dev["id"])] == ["needs a reply", "the reply"]
     assert len(pending) == 3 and len(set(pending)) == 1
 
@@ -422,7 +434,7 @@ async def test_unanswered_pings_reconnect_within_bound(
         world.mm.answer_pings = True
         await wait_until(lambda: app.gateway.connected, what="connected again")
         post("after")
-        await settle(cb, 2)
+        await settle(app, world, cb, 2)
     assert texts(cb) == Counter(["before", "after"])
     assert "websocket connection lost" in logs.text
 
@@ -435,7 +447,7 @@ async def test_same_millisecond_across_a_gap(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         at = int(time.time() * 1000)  # after the first start: not history
         post("first", create_at=at)
         await cb.wait_for(1)
@@ -443,7 +455,7 @@ async def test_same_millisecond_across_a_gap(
         await world.mm.restart()
         post("second", create_at=at)  # same millisecond, never seen live
         unblock(world.mm)
-        await settle(cb, 2)
+        await settle(app, world, cb, 2)
     assert texts(cb) == Counter(["first", "second"])
 
 
@@ -452,14 +464,14 @@ async def test_same_millisecond_across_a_sidecar_restart(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         at = int(time.time() * 1000)  # after the first start: not history
         post("first", create_at=at)
         await cb.wait_for(1)
-        await asyncio.sleep(0.1)
+        await drained(app)
     post("second", create_at=at)
-    async with running(config):
-        await settle(cb, 2)
+    async with running(config) as app:
+        await settle(app, world, cb, 2)
     assert texts(cb) == Counter(["first", "second"])
 
 
@@ -472,8 +484,8 @@ async def test_posts_while_stopped_are_caught_up_even_with_no_history(
     async with running(config):
         pass
     post("while stopped")
-    async with running(config):
-        await settle(cb, 1)
+    async with running(config) as app:
+        await settle(app, world, cb, 1)
     assert texts(cb) == Counter(["while stopped"])
 
 
@@ -483,9 +495,9 @@ async def test_first_start_replays_no_history(
     post = poster(world, world.dev)
     post("history")
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config):
+    async with running(config) as app:
         post("now")
-        await settle(cb, 1)
+        await settle(app, world, cb, 1)
     assert texts(cb) == Counter(["now"])
 
 
@@ -542,9 +554,15 @@ async def test_reactions_made_during_a_gap_are_caught_up(
         await cb.wait_for(1)
     world.mm.react(world.bob["id"], target["id"], "tada")  # while the sidecar is stopped
     world.mm.react(world.bot["id"], target["id"], "robot")  # the bot's own: never fires
-    async with running(config):
+    async with running(config) as app:
         await cb.wait_for(2)
-        await asyncio.sleep(0.3)
+        # A live reaction after the catch-up: once it is delivered, the robot's would be too.
+        await drained_after(
+            app,
+            cb,
+            lambda: world.mm.react(world.alice["id"], target["id"], "white_check_mark"),
+            lambda r: b"white_check_mark" in r.body,
+        )
     got = [parse_qs(r.body.decode()) for r in cb.requests]
     assert [(g["emoji_name"][0], g["user_name"][0]) for g in got] == [
         ("thumbsup", "alice"),

@@ -1,4 +1,4 @@
-"""Safe by default, end to end (issue 5): the address guard, signed requests, no secret leaks.
+"""Safe by default, end to end: the address guard, signed requests, no secret leaks.
 
 Through a running Sidecar against the emulator and a recording callback. The guard's address
 rules are covered unit by unit elsewhere, not repeated here: ::1, ::ffff:127.0.0.1, 0.0.0.0,
@@ -23,6 +23,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
+from daemon import Daemon
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from harness import World, make_config, running, seed, wait_until
@@ -279,61 +280,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
-
-
-class Daemon:
-    """``python -m sidecar run`` as a child process, its output collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._readers = [
-            asyncio.create_task(self._read(stream))
-            for stream in (proc.stdout, proc.stderr)
-            if stream is not None
-        ]
-
-    @classmethod
-    async def start(cls, *args: str, env: dict[str, str], cwd: Path) -> Daemon:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sidecar",
-            *args,
-            env=env,
-            cwd=cwd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def wait_for(self, text: str, count: int = 1, timeout: float = 15.0) -> None:
-        def seen() -> bool:
-            return self.count(text) >= count or self.proc.returncode is not None
-
-        await wait_until(seen, timeout=timeout, what=f"{text!r} in the daemon's output")
-        if self.count(text) < count:
-            raise AssertionError(f"daemon exited before {text!r}:\n" + "\n".join(self.lines))
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 15)
-        await asyncio.gather(*self._readers)
-        return code
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        await asyncio.gather(*self._readers, return_exceptions=True)
 
 
 def run_config(

@@ -1,4 +1,4 @@
-"""End to end: readiness, metrics, sd_notify and the demo, with a real Sidecar (issue 6)."""
+"""End to end: readiness, metrics, sd_notify and the demo, with a real Sidecar."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from daemon import Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import FAST, World, make_config, running, wait_until
@@ -67,7 +68,7 @@ async def test_metrics_count_a_delivery(world: World, tmp_path: Path) -> None:
         async with running(config) as app:
             world.mm.post(world.alice["id"], world.town["id"], "#build now")
             await world.mm.wait_for_posts(world.town["id"], 2)
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0)
             assert app.health is not None
             status, text = await get(f"http://127.0.0.1:{app.health.port}/metrics")
     assert status == 200
@@ -144,35 +145,18 @@ def test_demo_runs_to_completion() -> None:
 
 
 async def test_demo_keep_running_serves_until_sigint() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "demo",
-        "--keep-running",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
+    daemon = await Daemon.start("demo", "--keep-running")
     try:
-        lines: list[str] = []
-        while not any("post as alice: curl" in line for line in lines):
-            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line, "".join(lines)
-            lines.append(line)
-        curl = lines[-1]
+        await daemon.wait_line("post as alice: curl", timeout=30)
+        curl = next(line for line in daemon.lines if "post as alice: curl" in line)
         url = curl.split("curl -X POST ")[1].split(" ")[0]
         body = curl.split("-d '")[1].rstrip().rstrip("'")
         async with aiohttp.ClientSession() as s, s.post(url, data=body) as r:
             assert r.status == 201
-        while "replied webhook=build" not in line:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await daemon.wait_line("replied webhook=build", timeout=10)
+        assert await daemon.stop(signal.SIGINT) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await daemon.kill()
 
 
 async def test_startup_warns_about_channels_the_bot_cannot_use(

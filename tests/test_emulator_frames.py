@@ -1,4 +1,4 @@
-"""Issue 12 items 5 and 6 (reference §6): frames byte-shaped as the server writes them, and
+"""Frames byte-shaped as the server writes them, and
 the ``posted`` event's per-recipient fields."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import connect, hello, raw, recv
 
 

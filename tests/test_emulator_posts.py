@@ -1,11 +1,11 @@
-"""Issue 12 item 7 (reference §6): ``GET /channels/{id}/posts`` paging, collapsed threads,
+"""``GET /channels/{id}/posts`` paging, collapsed threads,
 deletes and the edit history as the server keeps them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import call
 
 

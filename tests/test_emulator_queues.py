@@ -1,19 +1,19 @@
-"""Issue 12 item 1 (reference §6): events are numbered when *sent*; a disconnected connection
+"""Events are numbered when *sent*; a disconnected connection
 holds a 256-slot send queue (overflow drops the connection); the dead queue keeps the last 128
 sent events for a resume."""
 
 from __future__ import annotations
 
+from harness import World, seed
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.hub import broadcast
-from tests.conftest import World, build_world
 from tests.emulator_helpers import connect, dropped, hello, message, recv
 
 
 async def test_events_queued_while_disconnected_are_numbered_when_sent() -> None:
     # A dead queue of 4 does not limit what waits in the send queue.
     async with Emulator(buffer_size=4) as mm:
-        w = build_world(mm)
+        w = seed(mm)
         ws, first = await hello(w)
         conn_id = first["data"]["connection_id"]
         await dropped(w, ws)

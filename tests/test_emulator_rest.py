@@ -1,4 +1,4 @@
-"""The emulator's REST API against mattermost-reference.md §3 and §5."""
+"""The emulator's REST API, against the server's REST behaviour."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from mattermostdriver import Driver
 
+from harness import World
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import ID_ALPHABET, ApiError, new_id
 from sidecar.testing.seed import apply_seed, load_seed
-from tests.conftest import World
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_KEYS = ["id", "message", "detailed_error", "request_id", "status_code"]
@@ -103,7 +103,14 @@ async def test_user_channels_in_team_include_dms_and_nothing_foreign(emulator: W
     status, channels, _ = await call(w, "GET", path)
     assert status == 200
     # The server's query is TeamId = ? OR TeamId = '' over the user's memberships.
-    assert {c["id"] for c in channels} == {w.town["id"], w.private["id"], w.dm["id"]}
+    assert {c["id"] for c in channels} == {
+        w.town["id"],
+        w.dev["id"],
+        w.secret["id"],
+        w.private["id"],
+        w.dm["id"],
+        w.group["id"],
+    }
     dm = next(c for c in channels if c["type"] == "D")
     assert dm["team_id"] == "" and dm["name"] == "__".join(sorted([w.alice["id"], w.bot["id"]]))
 
@@ -413,7 +420,7 @@ async def test_control_surface_over_http(emulator: World) -> None:
     bot = next(u for u in state["users"] if u["username"] == "sidecar-bot")
     assert bot["tokens"] == [w.bot_token]
     town = next(c for c in state["channels"] if c["id"] == w.town["id"])
-    assert set(town["members"]) == {w.alice["id"], w.bob["id"], w.bot["id"]}
+    assert set(town["members"]) == {w.alice["id"], w.bob["id"], w.ci["id"], w.bot["id"]}
 
 
 SEED = """

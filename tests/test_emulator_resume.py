@@ -1,4 +1,4 @@
-"""Issue 12 items 2 and 3 (reference §6): the server's resume rules."""
+"""The server's resume rules."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import asyncio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from harness import wait_until
+from harness import World, seed, wait_until
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import new_id
-from tests.conftest import World, build_world
 from tests.emulator_helpers import connect, dropped, hello, message, recv
 
 
 async def test_too_old_gets_a_new_hello_then_the_still_queued_events() -> None:
     """Item 2: older than the dead queue → new hello (new id, seq 0), then what was queued."""
     async with Emulator(buffer_size=4) as mm:
-        w = build_world(mm)
+        w = seed(mm)
         ws, first = await hello(w)
         conn_id = first["data"]["connection_id"]
         for i in range(6):
@@ -97,7 +96,7 @@ async def test_resume_while_the_old_socket_is_active_gets_a_new_id(emulator: Wor
 async def test_reaper_forgets_idle_inactive_connections_only() -> None:
     """Item 3: the reaper removes inactive connections idle over ``reap_after``."""
     async with Emulator(reap_after=0.2, reap_every=0.05) as mm:
-        w = build_world(mm)
+        w = seed(mm)
         live, _ = await hello(w)
         gone, first = await hello(w)
         conn_id = first["data"]["connection_id"]

@@ -1,4 +1,4 @@
-"""Issue 12 items 9 and 10 (reference §5, §6): the routes clients used, in the server's shapes;
+"""The routes clients used, in the server's shapes;
 every other route answers 501 ``emulator.not_implemented``; the README lists the routes."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from harness import World
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.rest import emulated_routes
 from sidecar.testing.seed import apply_seed
-from tests.conftest import World
 from tests.emulator_helpers import ERROR_KEYS, call, hello
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -40,10 +40,17 @@ async def test_team_members_channels_and_members(emulator: World) -> None:
     ]
     status, channels, _ = await call(w, "GET", "/api/v4/users/me/channels")
     assert status == 200
-    assert {c["id"] for c in channels} == {w.town["id"], w.private["id"], w.dm["id"]}
+    assert {c["id"] for c in channels} == {
+        w.town["id"],
+        w.dev["id"],
+        w.secret["id"],
+        w.private["id"],
+        w.dm["id"],
+        w.group["id"],
+    }
     status, listed, _ = await call(w, "GET", f"/api/v4/channels/{w.town['id']}/members")
     assert status == 200
-    assert {m["user_id"] for m in listed} == {w.alice["id"], w.bob["id"], w.bot["id"]}
+    assert {m["user_id"] for m in listed} == {w.alice["id"], w.bob["id"], w.ci["id"], w.bot["id"]}
     assert all(m["channel_id"] == w.town["id"] and "notify_props" in m for m in listed)
     one_page = await call(w, "GET", f"/api/v4/channels/{w.town['id']}/members?per_page=1")
     assert len(one_page[1]) == 1

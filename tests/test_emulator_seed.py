@@ -1,4 +1,4 @@
-"""Emulator seed files: every problem reported with its key path, no traceback (issue 17)."""
+"""Emulator seed files: every problem reported with its key path, no traceback."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Issue 12 item 11 (reference §5, §6): the ``MMAUTHTOKEN`` cookie, and rate limiting with
+"""The ``MMAUTHTOKEN`` cookie, and rate limiting with
 ``X-RateLimit-*`` on every response, ``Retry-After`` only on 429, varying by user."""
 
 from __future__ import annotations
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import call
 
 LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")

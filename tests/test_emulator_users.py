@@ -1,8 +1,8 @@
-"""Issue 12 item 8 (reference §6): a user's channels in a team, and the user JSON."""
+"""A user's channels in a team, and the user JSON."""
 
 from __future__ import annotations
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import ERROR_KEYS, call
 
 

@@ -1,4 +1,4 @@
-"""The emulator's websocket against mattermost-reference.md §4 and the `posted` vector."""
+"""The emulator's websocket against the server's frames and the `posted` vector."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from harness import World, seed
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import new_id
-from tests.conftest import World, build_world
 
 VECTOR = json.loads(
     (Path(__file__).parent / "vectors" / "posted-event-and-payloads.json").read_text()
@@ -67,7 +67,7 @@ async def test_posted_frame_has_the_vectors_shape(emulator: World) -> None:
     want = VECTOR["frame"]
     frame = json.loads(raw)
     assert list(frame) == list(want)  # event, data, broadcast, seq
-    # §6: a post with files adds otherFile (the vector predates it).
+    # The server: a post with files adds otherFile (the vector predates it).
     assert frame["data"].pop("otherFile") == "true"
     assert list(frame["data"]) == list(want["data"])
     assert list(frame["broadcast"]) == list(want["broadcast"])
@@ -76,7 +76,7 @@ async def test_posted_frame_has_the_vectors_shape(emulator: World) -> None:
     assert frame["broadcast"] == {**want["broadcast"], "channel_id": w.town["id"]}
     assert frame["seq"] == 1
     post, want_post = json.loads(frame["data"]["post"]), json.loads(want["data"]["post"])
-    assert post.pop("remote_id") == ""  # §6: always there (the vector predates it)
+    assert post.pop("remote_id") == ""  # the server: always there (the vector predates it)
     assert list(post) == list(want_post)
     assert {k: type(v) for k, v in post.items()} == {k: type(v) for k, v in want_post.items()}
     assert post["message"] == json.loads(want["data"]["post"])["message"]
@@ -213,7 +213,7 @@ async def test_resume_with_nothing_missed_sends_nothing_old(emulator: World) -> 
 @pytest.mark.parametrize("how", ["unknown id", "restart"])
 async def test_resume_that_cannot_replay_gets_a_new_hello(how: str) -> None:
     async with Emulator(buffer_size=4) as mm:
-        w = build_world(mm)
+        w = seed(mm)
         old, first = await hello(w)
         conn_id = first["data"]["connection_id"]
         if how == "restart":
@@ -332,7 +332,7 @@ async def test_client_actions_get_seq_reply(emulator: World) -> None:
 async def test_stop_closes_sockets_with_going_away() -> None:
     mm = Emulator()
     await mm.start()
-    w = build_world(mm)
+    w = seed(mm)
     ws, _ = await hello(w)
     await mm.stop()
     with pytest.raises(ConnectionClosed) as closed:

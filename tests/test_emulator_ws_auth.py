@@ -1,4 +1,4 @@
-"""Issue 12 item 4 (reference §6): websocket authentication and the router's answers."""
+"""Websocket authentication and the router's answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import World
+from harness import World
 from tests.emulator_helpers import anonymous, hello, recv
 
 

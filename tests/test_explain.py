@@ -1,4 +1,4 @@
-"""match --explain: one line per webhook saying why it fires or what stopped it (issue 10)."""
+"""match --explain: one line per webhook saying why it fires or what stopped it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The delivery history (issue 14): rows written with finished jobs, queries, retention,
+"""The delivery history: rows written with finished jobs, queries, retention,
 redelivery rows, the schema migration from version 1, and the redaction of ``show``."""
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ async def test_writes_that_keep_failing_end_in_on_write_failure() -> None:
     told = asyncio.Event()
     state.on_write_failure = lambda exc: (failures.append(exc), told.set())  # type: ignore[func-returns-value]
     state.start_writer()
-    write = state.processed("chan", 1, ["a"], 1)
+    write = state.record_position("chan", 1, ["a"], 1)
     await asyncio.wait_for(told.wait(), 30)
     with pytest.raises(StateUnavailable):
         await write

@@ -1,4 +1,4 @@
-"""mm-sidecar import (issue 10): the server's outgoing webhooks become [[webhook]] tables that
+"""mm-sidecar import: the server's outgoing webhooks become [[webhook]] tables that
 keep each hook's token, so a receiver sees byte for byte what the built-in webhook sent it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""join.py's pure choices, and the websocket events that wake the joiner (issue 10)."""
+"""join.py's pure choices, and the websocket events that wake the joiner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Log injection: a value from outside can never forge or hide a daemon log line (issue 17)."""
+"""Log injection: a value from outside can never forge or hide a daemon log line."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ async def fill_sqlite(state_dir: Path) -> Snapshot:
     state.open()
     state.start_writer()
     await state.record([job(1), job(2)], "chan", 1000, ["post1", "post2"], 1000)
-    await state.processed("other", 2000, ["post3"], 2000)
+    await state.record_position("other", 2000, ["post3"], 2000)
     replied = job(2, stage="reply", attempts=1, response=b'{"text": "ok"}')
     await state.update_job(replied)
     retrying = job(3, attempts=4, next_at=1700000123.5)

@@ -52,7 +52,7 @@ async def test_tables_live_in_their_own_schema(pg_cluster: Cluster, pg_url: str)
     assert version == [(str(SCHEMA_VERSION),)]
     # A second schema in the same database is a separate state.
     state.start_writer()
-    await state.processed("chan", 5, ["k"], 5)
+    await state.record_position("chan", 5, ["k"], 5)
     await state.close()
     assert PgState(PgTarget(pg_url, schema="other")).open().cursors == {}
     assert not PgState(PgTarget(pg_url, schema="sidecar_ha")).open().fresh
@@ -64,7 +64,7 @@ async def test_fresh_until_something_is_processed(pg_url: str) -> None:
     state = PgState(PgTarget(pg_url))
     assert state.open().fresh  # schema there, nothing processed yet
     state.start_writer()
-    await state.processed("position", 5, [], 5)
+    await state.record_position("position", 5, [], 5)
     await state.close()
     assert not PgState(PgTarget(pg_url)).open().fresh
 

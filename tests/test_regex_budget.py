@@ -1,4 +1,4 @@
-"""One regex budget per message across all regex webhooks (issue 16, item 11)."""
+"""One regex budget per message across all regex webhooks."""
 
 from __future__ import annotations
 

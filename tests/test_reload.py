@@ -1,4 +1,4 @@
-"""SIGHUP reload: what it applies at once and what it says needs a restart (issue 17)."""
+"""SIGHUP reload: what it applies at once and what it says needs a restart."""
 
 from __future__ import annotations
 

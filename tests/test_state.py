@@ -85,8 +85,8 @@ async def test_cursor_never_moves_back(make_state: Factory) -> None:
     state = make_state()
     state.open()
     state.start_writer()
-    await state.processed("chan", 2000, ["a"], 2000)
-    await state.processed("chan", 1500, ["b"], 1500)
+    await state.record_position("chan", 2000, ["a"], 2000)
+    await state.record_position("chan", 1500, ["b"], 1500)
     await state.close()
     assert (await reopen(make_state)).cursors == {"chan": 2000}
 
@@ -176,7 +176,7 @@ async def test_the_last_update_of_a_burst_wins(make_state: Factory) -> None:
     for attempts in (1, 2, 3):  # queued together: one transaction
         j.attempts, j.next_at = attempts, 100.0 + attempts
         updates.append(state.update_job(j))
-    await asyncio.gather(*updates, state.processed("chan", 10, ["k", "k"], 10))
+    await asyncio.gather(*updates, state.record_position("chan", 10, ["k", "k"], 10))
     await state.close()
     snap = await reopen(make_state)
     assert [(b.attempts, b.next_at) for b in snap.jobs] == [(3, 103.0)]

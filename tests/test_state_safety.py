@@ -1,4 +1,4 @@
-"""The state file under hostile conditions (issue 16, items 7–10): foreign and future files are
+"""The state file under hostile conditions: foreign and future files are
 refused untouched, one daemon per state_dir, a full disk is retried then exits 1, and the
 state is private to its owner."""
 
@@ -148,7 +148,7 @@ async def test_transient_write_failure_is_retried(
     state = State(tmp_path)
     state.open()
     state.start_writer()
-    await state.processed("chan", 5, ["k"], 5)
+    await state.record_position("chan", 5, ["k"], 5)
     await state.close()
     assert not failures
     assert "disk is full; retrying" in caplog.text
@@ -170,7 +170,7 @@ async def test_persistent_write_failure_is_given_up_and_reported(
     state.open()
     state.start_writer()
     with pytest.raises(StateWriteError, match="kept failing"):
-        await state.processed("chan", 5, ["k"], 5)
+        await state.record_position("chan", 5, ["k"], 5)
     await asyncio.sleep(0)  # the report is scheduled right after the waiters are resolved
     await state.close()
     assert len(reported) == 1 and isinstance(reported[0], StateWriteError)
@@ -234,7 +234,7 @@ async def test_state_is_private_to_its_owner(tmp_path: Path) -> None:
     state = State(state_dir)
     state.open()
     state.start_writer()
-    await state.processed("chan", 5, ["k"], 5)
+    await state.record_position("chan", 5, ["k"], 5)
     assert mode(state_dir) == 0o700
     assert mode(state_dir / DB_NAME) == 0o600
     assert mode(state_dir / (DB_NAME + "-wal")) == 0o600

@@ -1,4 +1,4 @@
-"""Clients no one here wrote, against the emulator (issue 12): the Python ``mattermostdriver``
+"""Clients no one here wrote, against the emulator: the Python ``mattermostdriver``
 and ``mattermostautodriver``, and the official JavaScript ``@mattermost/client`` (installed
 from the npm registry into a temporary directory when Node is present)."""
 
@@ -17,8 +17,8 @@ from mattermostautodriver import AsyncTypedDriver
 from mattermostdriver import Driver
 from mattermostdriver.websocket import Websocket as DriverWebsocket
 
+from harness import World
 from sidecar import compat
-from tests.conftest import World
 
 SCRIPT = Path(__file__).parent / "clients" / "mattermost_client.js"
 NPM_PACKAGES = ["@mattermost/client@11.9.0", "@mattermost/types@11.9.0", "ws@8.18.3"]

@@ -1,6 +1,6 @@
 """A Mattermost server in one process, for tests, ``demo`` and people testing their callbacks.
 
-It reproduces what mattermost-reference.md §4–§6 (read from the server's source) describes:
+It reproduces what the Mattermost server (11.6) does, as read from its source:
 REST under ``/api/v4`` with header, cookie or login sessions (sidecar.testing.rest), the
 websocket with hello, send and dead queues, the server's resume rules, the router's client
 actions and ping liveness (sidecar.testing.websocket, sidecar.testing.hub), and the

@@ -1,13 +1,13 @@
 """The emulator's outgoing webhooks: the server's list endpoint and the built-in's request body.
 
-* ``GET /hooks/outgoing?team_id=&channel_id=&page=&per_page=`` (reference §6): everyone's hooks
+* ``GET /hooks/outgoing?team_id=&channel_id=&page=&per_page=`` (Mattermost 11.6): everyone's hooks
   for a user with *manage others' outgoing webhooks*, the user's own with *manage own outgoing
   webhooks*, else 403. ``per_page`` at most 200 (default 60), in creation order. JSON keys in
   the server's order: ``id, token, create_at, update_at, delete_at, creator_id, channel_id,
   team_id, trigger_words, trigger_when, callback_urls, display_name, description,
   content_type, username, icon_url``. Deleted hooks are not listed.
 * :func:`builtin_request`: the body Mattermost's own outgoing webhook would send for a post
-  (reference §2), written here independently of ``sidecar.payload`` so that a test can
+  (Mattermost 11.6), written here independently of ``sidecar.payload`` so that a test can
   compare the sidecar's request with it byte for byte.
 
 Permissions are granted per user with :meth:`OutgoingHooks.grant` (the emulator has no roles):

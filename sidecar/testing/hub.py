@@ -1,6 +1,6 @@
 """The emulator's websocket hub: connections, their send and dead queues, resume and reaping.
 
-This reproduces the server's web_conn.go / web_hub.go as mattermost-reference.md §6 reads them:
+This reproduces the server's web_conn.go / web_hub.go as the server's source (11.6) has them:
 
 * A `Connection` is the server's memory of one connection id. Events for it wait unnumbered in
   a send queue of ``SEND_QUEUE_SIZE`` slots (overflow drops the connection, as the hub does

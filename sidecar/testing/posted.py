@@ -1,4 +1,4 @@
-"""The ``posted`` event as the server builds it (reference §4, §6; app/notification.go).
+"""The ``posted`` event as the server builds it (Mattermost 11.6; app/notification.go).
 
 The data every recipient gets, plus what the server's broadcast hooks add per connection:
 ``mentions`` (``["<that recipient>"]``, only in the frame to a mentioned recipient),

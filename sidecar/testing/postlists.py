@@ -1,4 +1,4 @@
-"""``GET /channels/{id}/posts`` as the server's sqlstore and app layer answer it (reference §6).
+"""``GET /channels/{id}/posts`` as the server's sqlstore and app layer answer it (Mattermost 11.6).
 
 * ``since``: posts with ``update_at > since`` (new, edited, deleted, and edit-history rows), at
   most 1000 (Store.posts_since); with ``collapsedThreads=true`` roots only, the newest 1000.

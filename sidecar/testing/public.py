@@ -1,4 +1,4 @@
-"""The emulator's public-channel lifecycle and joins (reference §6 "REST" and "Websocket").
+"""The emulator's public-channel lifecycle and joins (Mattermost 11.6).
 
 * ``GET /teams/{team_id}/channels?page=&per_page=``: the team's live public channels, sorted by
   display name (the server's GetPublicChannelsForTeam), ``per_page`` at most 200 (default 60);

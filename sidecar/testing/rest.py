@@ -1,4 +1,4 @@
-"""The emulator's REST API under ``/api/v4`` (reference §5, §6), with Mattermost's permission
+"""The emulator's REST API under ``/api/v4`` (Mattermost 11.6), with Mattermost's permission
 checks: the route table (handlers in sidecar.testing.rest_users and rest_posts) and the
 middleware every ``/api/v4`` request goes through: call recording, the injected delay and
 failures, Mattermost's rate limiter (sidecar.testing.faults), and error bodies

@@ -1,4 +1,4 @@
-"""The emulated REST routes of posts, threads and reactions (reference §3, §5, §6)."""
+"""The emulated REST routes of posts, threads and reactions (Mattermost 11.6)."""
 
 from __future__ import annotations
 

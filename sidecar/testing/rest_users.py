@@ -1,4 +1,4 @@
-"""The emulated REST routes of users, teams, channels and their members (reference §5, §6)."""
+"""The emulated REST routes of users, teams, channels and their members (Mattermost 11.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The emulator's posts and reactions, with the server's rules (reference §3, §5).
+"""The emulator's posts and reactions, with the server's rules (Mattermost 11.6).
 
 Plain data and validation, no I/O and no events: the emulator calls these methods and turns
 what they return into websocket frames. Every refusal raises `ApiError` with the status and
@@ -25,7 +25,7 @@ from sidecar.testing.model import (
     parse_hashtags,
 )
 
-# Props only integrations may set when the server runs in hardened mode (reference §3).
+# Props only integrations may set when the server runs in hardened mode (Mattermost 11.6).
 RESERVED_PROPS = ("from_webhook", "override_username", "override_icon_url", "webhook_display_name")
 # Post.IsValid's list of types, without system_* (refused on the create-post path).
 POST_TYPES = ("", "slack_attachment", "me", "reminder", "add_bot_teams_channels", "burn_on_read")
@@ -325,7 +325,7 @@ class Store(Directory):
         d["reply_count"] = 0 if post.original_id else self.reply_count(post)
         d["last_reply_at"] = 0
         d["participants"] = None
-        d["file_ids"] = list(post.file_ids)  # always present, [] when none (reference §6)
+        d["file_ids"] = list(post.file_ids)  # always present, [] when none
         metadata = dict(post.metadata)
         if post.has_reactions:
             metadata["reactions"] = [r.to_json() for r in self.reactions if r.post_id == post.id]

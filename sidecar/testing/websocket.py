@@ -1,4 +1,4 @@
-"""The emulator's websocket, ``GET /api/v4/websocket``, as Mattermost serves it (reference §4, §6).
+"""The emulator's websocket, ``GET /api/v4/websocket``, as Mattermost 11.6 serves it.
 
 Upgrade and authentication (a header, cookie or challenge token; ``?access_token=`` with a
 session token is 401), the resume parameters, the socket's writer, the server's pings and the

@@ -1,0 +1,132 @@
+"""Unit tests of the outbox against a scripted callback client and in-memory REST and state.
+
+Each test waits on the outbox's own drain point (``drain``), never on a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, cast
+
+from fakes import SETTINGS, FakeRest, FakeState, ScriptedCallbacks, answer, config, done, job
+
+from sidecar import history
+from sidecar.config import WebhookConfig
+from sidecar.delivery import Attempt, Failure
+from sidecar.errors import MattermostError, Unauthorized
+from sidecar.guard import FORBIDDEN_MESSAGE
+from sidecar.health import Metrics
+from sidecar.outbox import Outbox
+from sidecar.retry import NO_WAIT
+
+
+class Rig:
+    def __init__(self, callbacks: ScriptedCallbacks, *, retries: int = 2) -> None:
+        self.callbacks = callbacks
+        self.rest = FakeRest()
+        self.state = FakeState()
+        self.metrics = Metrics("test")
+        self.fatal: list[BaseException] = []
+        hooks = {w.name: w for w in config(retries=retries).webhooks}
+        self.outbox = Outbox(
+            state=cast(Any, self.state),
+            callbacks=callbacks,
+            rest=self.rest,
+            metrics=self.metrics,
+            webhook=hooks.get,
+            reply_settings=lambda: SETTINGS,
+            max_in_flight=4,
+            on_fatal=self.fatal.append,
+            delivery_retry=NO_WAIT,
+            reply_retry=NO_WAIT.with_attempts(3),
+        )
+
+    async def run(self) -> None:
+        self.outbox.submit([job()], done())
+        assert await self.outbox.drain(grace=30) == 0
+        assert self.outbox.depth == 0
+
+    def deliveries(self, outcome: str) -> float:
+        return float(self.metrics.child(self.metrics.deliveries, "hook", outcome)._value.get())
+
+
+REPLY = json.dumps({"text": "pong"}).encode()
+
+
+async def test_a_5xx_is_retried_then_the_reply_is_posted() -> None:
+    rig = Rig(ScriptedCallbacks(answer(503, retry_after=2.0), answer(200, REPLY)))
+    await rig.run()
+    assert len(rig.callbacks.sent) == 2
+    assert [p["message"] for p in rig.rest.created] == ["pong"]
+    assert rig.state.outcomes() == [history.DELIVERED]
+    assert len(rig.state.updates) == 1  # the retry's schedule was committed before waiting
+    assert (rig.deliveries("retried"), rig.deliveries("delivered")) == (1, 1)
+
+
+async def test_a_refused_address_is_not_retried_and_is_labelled_refused() -> None:
+    refused = Attempt(None, b"", f"{FORBIDDEN_MESSAGE} (10.0.0.1)", 1.0, None, Failure.REFUSED)
+    rig = Rig(ScriptedCallbacks(refused))
+    await rig.run()
+    assert len(rig.callbacks.sent) == 1
+    assert rig.state.outcomes() == [history.REFUSED]
+    assert (rig.deliveries("refused"), rig.deliveries("failed")) == (1, 0)
+
+
+async def test_timeouts_use_up_the_retries_then_a_dead_letter() -> None:
+    timeout = Attempt(None, b"", "timeout", 1.0, None, Failure.TIMEOUT)
+    rig = Rig(ScriptedCallbacks(timeout, timeout, timeout), retries=2)
+    await rig.run()
+    assert len(rig.callbacks.sent) == 3
+    assert rig.state.outcomes() == [history.FAILED]
+    assert (rig.deliveries("retried"), rig.deliveries("failed")) == (2, 1)
+
+
+async def test_a_too_large_answer_is_delivered_without_a_reply() -> None:
+    large = Attempt(200, b"", "response too large (> 1 MiB)", 1.0, None, Failure.TOO_LARGE)
+    rig = Rig(ScriptedCallbacks(large))
+    await rig.run()
+    assert rig.state.outcomes() == [history.NO_REPLY]
+    assert rig.rest.created == []
+
+
+async def test_a_reply_is_retried_while_the_server_fails_then_given_up() -> None:
+    rig = Rig(ScriptedCallbacks(answer(200, REPLY)))
+    rig.rest.failures["create_post"] = [MattermostError("503", status=503) for _ in range(3)]
+    await rig.run()
+    assert rig.rest.calls.count("create_post") == 3  # the policy's three attempts
+    assert rig.state.outcomes() == [history.REPLY_FAILED]
+
+
+async def test_unauthorized_while_replying_is_fatal_and_not_retried() -> None:
+    rig = Rig(ScriptedCallbacks(answer(200, REPLY)))
+    rig.rest.failures["create_post"] = [Unauthorized("401", status=401)]
+    await rig.run()
+    assert rig.rest.calls.count("create_post") == 1
+    assert [type(e) for e in rig.fatal] == [Unauthorized]
+
+
+def test_webhook_config_is_what_the_fakes_build() -> None:
+    hook = config().webhooks[0]
+    assert isinstance(hook, WebhookConfig) and hook.callback_urls == (
+        "https://hooks.example.com/hook",
+    )
+
+
+async def test_a_resumed_job_waits_out_its_schedule_on_the_injected_clock() -> None:
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    rig = Rig(ScriptedCallbacks(answer(503), answer(200)), retries=1)
+    rig.outbox._delivery_retry = replace(
+        NO_WAIT, clock=lambda: 1000.0, sleep=sleep, base=2.0, cap=2.0, jitter=0.0
+    )
+    resumed = job()
+    resumed.next_at = 1030.0  # scheduled before a restart
+    rig.outbox.submit([resumed], done())
+    assert await rig.outbox.drain(grace=30) == 0
+    assert waits == [30.0, 2.0]  # the schedule, then the retry's backoff
+    assert rig.state.updates[-1].next_at == 1002.0  # committed on the same clock
+    assert rig.state.outcomes() == [history.DELIVERED]
