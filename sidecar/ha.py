@@ -52,6 +52,7 @@ class HighAvailability:
             "mm_sidecar_takeovers", "Times this replica became the active one.", registry=reg
         )
         self.reachable = True  # PostgreSQL answered the last attempt
+        self.tries = 0  # attempts at the lease so far (tests wait for the first)
         self._schema_ready = False
         self._announced = False
 
@@ -113,6 +114,7 @@ class HighAvailability:
                 return False
             self._schema_ready = True
         epoch = await self.lease.try_acquire()
+        self.tries += 1
         if epoch is None:
             if self.lease.last_error is not None:
                 self._unreachable(self.lease.last_error)
