@@ -207,12 +207,16 @@ class Dispatcher:
         except MattermostError as exc:
             log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
             return 0
-        for event, post, channel, team, reaction in found.items:
-            if reaction is not None and reaction.user_id == self.me.id:
+        for item in found.items:
+            if item.reaction is not None and item.reaction.user_id == self.me.id:
                 continue
-            actor = reaction.user_id if reaction is not None else post.user_id
             await self._post_event(
-                event, post, actor, channel=channel, team=team, reaction=reaction
+                item.name,
+                item.post,
+                item.actor_id,
+                channel=item.channel,
+                team=item.team,
+                reaction=item.reaction,
             )
         self.metrics.caught_up_posts.inc(len(found.items))
         if found.skipped_old:
