@@ -26,7 +26,7 @@ class StateUnavailable(StateError):
 
 
 class StateBackend(Protocol):
-    """Cursors (and the start position), seen posts, outbox jobs (attempts, next attempt
+    """Cursors, the start position, seen posts, outbox jobs (attempts, next attempt
     time), the delivery history, schema version.
 
     A write that keeps failing is retried for ``state.WRITE_RETRY_FOR`` seconds, then every
@@ -71,6 +71,11 @@ class StateBackend(Protocol):
     def record(
         self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]: ...
+
+    def record_start(self, position: int) -> asyncio.Future[None]:
+        """Save where processing began (server ms), in ``meta``: the cursor of channels
+        without their own (read back as ``Snapshot.start``)."""
+        ...
 
     def prune_seen(self, older_than: int) -> asyncio.Future[None]: ...
 

@@ -22,6 +22,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.errors import BadAnswer, MattermostError, ObjectError, Unauthorized
+from sidecar.events import Posted, PostEdited, ReactionAdded
 from sidecar.mattermost import RestClient
 from sidecar.models import Channel, EventName, Post, Reaction, Team
 from sidecar.rules import RuleSet
@@ -32,16 +33,56 @@ PAGE_LIMIT = 1000  # the server's cap on one posts?since= answer
 PER_PAGE = 200  # the server's cap on per_page
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One event a catch-up found: the websocket's typed event (``Posted``, ``PostEdited``,
+    ``ReactionAdded``), with what REST already told about it: the post (for a reaction, the
+    post reacted to), its channel and team, so processing it looks nothing up again."""
+
+    event: Posted | PostEdited | ReactionAdded
+    post: Post
+    channel: Channel
+    team: Team | None
+
+    @property
+    def name(self) -> EventName:
+        if isinstance(self.event, Posted):
+            return "posted"
+        return "post_edited" if isinstance(self.event, PostEdited) else "reaction_added"
+
+    @property
+    def reaction(self) -> Reaction | None:
+        return self.event.reaction if isinstance(self.event, ReactionAdded) else None
+
+    @property
+    def actor_id(self) -> str:
+        """Who made the event: the reacting user, or the post's author."""
+        reaction = self.reaction
+        return reaction.user_id if reaction is not None else self.post.user_id
+
+    @property
+    def at(self) -> int:
+        """When it happened (server ms): the order catch-up processes in."""
+        if isinstance(self.event, ReactionAdded):
+            return self.event.reaction.create_at
+        return self.post.edit_at if isinstance(self.event, PostEdited) else self.post.create_at
+
+
 @dataclass(slots=True)
 class CatchUp:
     """What a catch-up found."""
 
-    items: list[tuple[EventName, Post, Channel, Team | None, Reaction | None]] = field(
-        default_factory=list
-    )
+    items: list[Found] = field(default_factory=list)
     channels: int = 0
     fetched: int = 0
     skipped_old: int = 0
+
+    def admit(self, at: int, item: Found, window_start: int) -> None:
+        """Keep ``item`` (made at ``at`` ms), or count it as older than the window."""
+        if at < window_start:
+            self.skipped_old += 1
+        else:
+            self.items.append(item)
 
 
 def edit_key(post: Post) -> str:
@@ -90,59 +131,79 @@ async def collect(
     any other error is raised, so the caller can try the whole catch-up again.
     """
     result = CatchUp()
-    want_edits = rules.listens_for("post_edited")
-    want_reactions = rules.listens_for("reaction_added")
+    wants = _Wants(rules.listens_for("post_edited"), rules.listens_for("reaction_added"))
     if channels is None:
         channels = await scope_channels(rest, rules)
     result.channels = len(channels)
     for channel, team in channels:
         cursor = cursors.get(channel.id, default_cursor)
-        try:
-            posts, fetched = await _changed_since(rest, channel.id, cursor, window_start)
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            if exc.retryable:
-                raise
-            log.warning("catch-up skipped channel %s: %s", channel.name, exc)
-            continue
-        result.fetched += fetched
+        posts = await _fetch_channel(rest, channel, cursor, window_start, result)
+        due = _Due(channel, team, cursor, window_start, seen, wants)
         for post in posts:
-            if post.delete_at:
-                continue
-            if post.create_at >= cursor and post.id not in seen:
-                if post.create_at < window_start:
-                    result.skipped_old += 1
-                else:
-                    # Also when no webhook listens for posts: it moves the channel's cursor.
-                    result.items.append(("posted", post, channel, team, None))
-            if (
-                want_edits
-                and post.edit_at
-                and post.edit_at >= cursor
-                and edit_key(post) not in seen
-            ):
-                if post.edit_at < window_start:
-                    result.skipped_old += 1
-                else:
-                    result.items.append(("post_edited", post, channel, team, None))
-            # A reaction moves its post's update_at, and REST posts carry their reactions.
-            for reaction in post.reactions if want_reactions else ():
-                if reaction.create_at < cursor or reaction_key(reaction) in seen:
-                    continue
-                if reaction.create_at < window_start:
-                    result.skipped_old += 1
-                    continue
-                result.items.append(("reaction_added", post, channel, team, reaction))
-    result.items.sort(key=_when)
+            if not post.delete_at:
+                due.add(post, result)
+    result.items.sort(key=lambda item: item.at)
     return result
 
 
-def _when(item: tuple[EventName, Post, Channel, Team | None, Reaction | None]) -> int:
-    event, post, _, _, reaction = item
-    if reaction is not None:
-        return reaction.create_at
-    return post.edit_at if event == "post_edited" else post.create_at
+@dataclass(frozen=True, slots=True)
+class _Wants:
+    """Which events besides ``posted`` some webhook listens for."""
+
+    edits: bool
+    reactions: bool
+
+
+async def _fetch_channel(
+    rest: RestClient, channel: Channel, cursor: int, window_start: int, result: CatchUp
+) -> list[Post]:
+    """The channel's posts changed since ``cursor``; none when the server refuses the channel
+    (403/404: the bot left it meanwhile; logged). Other errors are raised (tried again)."""
+    try:
+        posts, fetched = await _changed_since(rest, channel.id, cursor, window_start)
+    except Unauthorized:
+        raise
+    except MattermostError as exc:
+        if exc.retryable:
+            raise
+        log.warning("catch-up skipped channel %s: %s", channel.name, exc)
+        return []
+    result.fetched += fetched
+    return posts
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """What is still due in one channel: made at or after its cursor, not processed yet."""
+
+    channel: Channel
+    team: Team | None
+    cursor: int
+    window_start: int
+    seen: Container[str]
+    wants: _Wants
+
+    def add(self, post: Post, result: CatchUp) -> None:
+        """The post's events still due: itself, its latest edit, its reactions."""
+        if post.create_at >= self.cursor and post.id not in self.seen:
+            # Also when no webhook listens for posts: it moves the channel's cursor.
+            posted = Posted(post, self.channel.type, self.channel.name, self.channel.team_id)
+            result.admit(post.create_at, self._found(posted, post), self.window_start)
+        if self.wants.edits and self._edit_due(post):
+            result.admit(post.edit_at, self._found(PostEdited(post), post), self.window_start)
+        # A reaction moves its post's update_at, and REST posts carry their reactions.
+        for reaction in post.reactions if self.wants.reactions else ():
+            if reaction.create_at >= self.cursor and reaction_key(reaction) not in self.seen:
+                found = self._found(ReactionAdded(reaction), post)
+                result.admit(reaction.create_at, found, self.window_start)
+
+    def _edit_due(self, post: Post) -> bool:
+        return (
+            bool(post.edit_at) and post.edit_at >= self.cursor and edit_key(post) not in self.seen
+        )
+
+    def _found(self, event: Posted | PostEdited | ReactionAdded, post: Post) -> Found:
+        return Found(event, post, self.channel, self.team)
 
 
 async def _changed_since(

@@ -465,31 +465,44 @@ def _signing_secrets(t: Table) -> tuple[str, ...]:
         t.error("signing_secret", "set signing_secret or signing_secret_file, not both")
         return ()
     if "signing_secret_file" in t.data:
-        label = t.key("signing_secret_file")
-        file = t.string("signing_secret_file")
-        text = t.report.read_file(label, file) if file else None
-        # One secret per line: during a rotation the file holds the old and the new one.
-        lines = [line.strip() for line in (text or "").splitlines()]
-        secrets = tuple(s for s in lines if s)
-        labels = [f"{label} line {n + 1}" for n, s in enumerate(lines) if s]
-        if text is not None and not secrets:
-            t.report.add(label, "file holds no secret")
+        secrets, labels = _secrets_from_file(t)
     else:
-        value = t.data.get("signing_secret", "")
-        if isinstance(value, list):
-            t.strings("signing_secret")
-            found = [(i, s) for i, s in enumerate(value) if isinstance(s, str) and s]
-            secrets = tuple(s for _, s in found)
-            labels = [t.key(f"signing_secret[{i}]") for i, _ in found]
-        else:
-            one = t.string("signing_secret", expected="a string or an array of strings")
-            secrets, labels = ((one,), [t.key("signing_secret")]) if one else ((), [])
-        if secrets:
-            t.report.inline_secrets.append((t.key("signing_secret"), "signing_secret_file"))
+        secrets, labels = _inline_secrets(t)
     for secret, label in zip(secrets, labels, strict=True):
         if not secret_ok(secret):
             t.report.add(label, 'must be "whsec_" followed by base64 (the secret is not shown)')
     return secrets
+
+
+def _secrets_from_file(t: Table) -> tuple[tuple[str, ...], list[str]]:
+    """``signing_secret_file``: one secret per line (during a rotation, the old and the new)."""
+    label = t.key("signing_secret_file")
+    file = t.string("signing_secret_file")
+    text = t.report.read_file(label, file) if file else None
+    lines = [line.strip() for line in (text or "").splitlines()]
+    secrets = tuple(s for s in lines if s)
+    labels = [f"{label} line {n + 1}" for n, s in enumerate(lines) if s]
+    if text is not None and not secrets:
+        t.report.add(label, "file holds no secret")
+    return secrets, labels
+
+
+def _inline_secrets(t: Table) -> tuple[tuple[str, ...], list[str]]:
+    """``signing_secret``: a string or an array of strings (noted as inline secrets)."""
+    value = t.data.get("signing_secret", "")
+    secrets: tuple[str, ...]
+    labels: list[str]
+    if isinstance(value, list):
+        t.strings("signing_secret")
+        found = [(i, s) for i, s in enumerate(value) if isinstance(s, str) and s]
+        secrets = tuple(s for _, s in found)
+        labels = [t.key(f"signing_secret[{i}]") for i, _ in found]
+    else:
+        one = t.string("signing_secret", expected="a string or an array of strings")
+        secrets, labels = ((one,), [t.key("signing_secret")]) if one else ((), [])
+    if secrets:
+        t.report.inline_secrets.append((t.key("signing_secret"), "signing_secret_file"))
+    return secrets, labels
 
 
 def _regex(t: Table) -> regex.Pattern[str] | None:

@@ -37,7 +37,6 @@ T = TypeVar("T")
 
 LOOKUP_ATTEMPTS = 4  # quiet retries of a lookup before each further retry is logged
 RETRY_CAP = 30.0  # seconds: the longest wait between two tries of a lookup or a catch-up
-POSITION_KEY = ""  # the cursor row holding where processing began (no channel has this id)
 
 
 def now_ms() -> int:
@@ -82,10 +81,10 @@ class Dispatcher:
         self.catch_up_window = catch_up_window  # replaced on reload
         self._retry = retry or lookup_policy(retry_base)
         self._seen = snapshot.seen
-        self._fresh = snapshot.fresh and not snapshot.cursors
+        self._fresh = snapshot.fresh and not snapshot.cursors and snapshot.start is None
         # Where processing began (server time): the cursor of every channel without its own.
         # (A file without it, from before it was saved, falls back to its oldest cursor.)
-        position = snapshot.cursors.get(POSITION_KEY)
+        position = snapshot.start
         if position is None:
             position = min(snapshot.cursors.values(), default=rest.server_now_ms())
         self._position = position
@@ -106,8 +105,7 @@ class Dispatcher:
             self._position = self.server_now()
             # Saved, so that a restart catches up from here even if nothing was processed
             # meanwhile (per-channel cursors exist only for channels that had a post).
-            self._cursors[POSITION_KEY] = self._position
-            self.state.record_position(POSITION_KEY, self._position, [], self._position)
+            self.state.record_start(self._position)
             log.info("first start: processing begins now; no history is replayed")
             return
         self.metrics.gaps.inc()
@@ -209,12 +207,16 @@ class Dispatcher:
         except MattermostError as exc:
             log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
             return 0
-        for event, post, channel, team, reaction in found.items:
-            if reaction is not None and reaction.user_id == self.me.id:
+        for item in found.items:
+            if item.reaction is not None and item.reaction.user_id == self.me.id:
                 continue
-            actor = reaction.user_id if reaction is not None else post.user_id
             await self._post_event(
-                event, post, actor, channel=channel, team=team, reaction=reaction
+                item.name,
+                item.post,
+                item.actor_id,
+                channel=item.channel,
+                team=item.team,
+                reaction=item.reaction,
             )
         self.metrics.caught_up_posts.inc(len(found.items))
         if found.skipped_old:

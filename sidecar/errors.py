@@ -12,7 +12,10 @@ The tree (indentation is inheritance)::
     │   ├── BadAnswer            a successful answer of the wrong shape (never retryable)
     │   └── Unauthorized         401: the bot token was rejected (fatal, exit 78)
     ├── StateError               the state file cannot be used (exit 78)
-    │   └── StateWriteError      commits kept failing (exit 1: restart and catch up)
+    │   ├── StateWriteError      commits kept failing (exit 1: restart and catch up)
+    │   ├── Fenced               (backend.py) a write refused: another replica took the lease
+    │   └── StateUnavailable     (backend.py) PostgreSQL cannot be reached; try again later
+    ├── MigrateError             ``mm-sidecar state migrate`` cannot copy the state (exit 1)
     ├── HistoryError             the delivery history cannot be read or written
     ├── Desync                   (gateway.py) the websocket's seq went backwards or leapt
     └── ImportFailed             (importer.py) ``mm-sidecar import`` cannot go on
@@ -25,9 +28,10 @@ What is retried is decided by :mod:`sidecar.retry`: a :class:`MattermostError` w
 :func:`sidecar.retry.retrying` re-raises it before looking, so no catch-all for retryable
 errors can swallow a rejected token.
 
-``Desync`` and ``ImportFailed`` live in the one module that raises and handles them. Each other
-class is re-exported by the module that raises it (``sidecar.mattermost.MattermostError``,
-``sidecar.events.FrameError``, …), so either import works.
+``Desync``, ``ImportFailed``, ``Fenced`` and ``StateUnavailable`` live in the one module that
+raises and handles them. Each other class is re-exported by the module that raises it
+(``sidecar.mattermost.MattermostError``, ``sidecar.events.FrameError``, …), so either import
+works.
 """
 
 from __future__ import annotations
@@ -125,6 +129,11 @@ class StateError(SidecarError):
 class StateWriteError(StateError):
     """Commits kept failing for WRITE_RETRY_FOR seconds (disk full, I/O error): exit 1, so
     the service manager restarts the daemon, which catches up from what was committed."""
+
+
+class MigrateError(SidecarError):
+    """``state migrate`` cannot be done (bad URL, no state at the source, a destination that
+    already holds state without ``--force``); the message says why."""
 
 
 class HistoryError(SidecarError):

@@ -44,10 +44,23 @@ def _why_it_fires(webhook: WebhookConfig, match: Match) -> str:
 
 
 def _why_not(webhook: WebhookConfig, ctx: Context, bot_user_id: str) -> str:
-    post, channel, team, actor = ctx.post, ctx.channel, ctx.team, ctx.actor
+    """The first check, in ``RuleSet.match``'s order, that stops ``webhook``."""
+    for check in (_event, _never_fires, _team, _channel, _channel_type, _user):
+        reason = check(webhook, ctx, bot_user_id)
+        if reason:
+            return reason
+    return _trigger(webhook, ctx)
+
+
+def _event(webhook: WebhookConfig, ctx: Context, _bot_user_id: str) -> str:
     if ctx.event not in webhook.events:
         return f"event {ctx.event} not listened to (events {sorted(webhook.events)})"
-    if bot_user_id and bot_user_id in (post.user_id, actor.id):
+    return ""
+
+
+def _never_fires(_webhook: WebhookConfig, ctx: Context, bot_user_id: str) -> str:
+    post = ctx.post
+    if bot_user_id and bot_user_id in (post.user_id, ctx.actor.id):
         return "never fires: the sidecar's own bot"
     if post.from_webhook:
         return 'never fires: a webhook post (props.from_webhook = "true")'
@@ -57,28 +70,50 @@ def _why_not(webhook: WebhookConfig, ctx: Context, bot_user_id: str) -> str:
         return "never fires: a burn-on-read post"
     if post.delete_at:
         return "never fires: a deleted post"
-    kind = _TYPE_NAMES.get(channel.type, channel.type)
+    return ""
+
+
+def _team(webhook: WebhookConfig, ctx: Context, _bot_user_id: str) -> str:
+    channel, team = ctx.channel, ctx.team
     other_team = team is None or webhook.team not in (team.id, team.name)
     if webhook.team and channel.type in ("O", "P") and other_team:
         where = team.name if team is not None else "no team"
         return f"other team: the channel is in {where!r}, the webhook's team is {webhook.team!r}"
-    named = webhook.channels
+    return ""
+
+
+def _channel(webhook: WebhookConfig, ctx: Context, _bot_user_id: str) -> str:
+    channel, named = ctx.channel, webhook.channels
     if named and channel.id not in named and channel.name not in named:
         return f"channel {channel.name!r} not in channels {list(named)}"
-    types = webhook.channel_types
+    return ""
+
+
+def _channel_type(webhook: WebhookConfig, ctx: Context, _bot_user_id: str) -> str:
+    channel, types = ctx.channel, webhook.channel_types
+    kind = _TYPE_NAMES.get(channel.type, channel.type)
     if types is None and not webhook.channels and channel.type != "O":
         return f"channel type {kind} excluded (channel_types omitted: public only)"
     if types is not None and channel.type not in types:
         names = sorted(_TYPE_NAMES[t] for t in types)
         return f"channel type {kind} excluded (channel_types {names})"
+    return ""
+
+
+def _user(webhook: WebhookConfig, ctx: Context, _bot_user_id: str) -> str:
+    actor = ctx.actor
     if webhook.users and actor.id not in webhook.users and actor.username not in webhook.users:
         return f"user @{actor.username} not in users {list(webhook.users)}"
     if actor.id in webhook.exclude_users or actor.username in webhook.exclude_users:
         return f"user @{actor.username} filtered (exclude_users)"
-    bot = actor.is_bot or (ctx.event != "reaction_added" and post.from_bot)
+    bot = actor.is_bot or (ctx.event != "reaction_added" and ctx.post.from_bot)
     if webhook.ignore_bots and bot:
         return "bot ignored (ignore_bots = true)"
-    word = first_word(post.message)
+    return ""
+
+
+def _trigger(webhook: WebhookConfig, ctx: Context) -> str:
+    word = first_word(ctx.post.message)
     parts = []
     if webhook.trigger_words:
         how = "prefix" if webhook.trigger_when == 1 else "exact"

@@ -144,7 +144,7 @@ class PgHistory:
         return _delivery(rows[0], bodies=True) if rows else None
 
     def pending(self) -> list[Job]:
-        from sidecar.state import _job_from_row
+        from sidecar.jobs import job_from_row
 
         jobs = []
         for r in self._rows(
@@ -152,7 +152,7 @@ class PgHistory:
             "FROM outbox WHERE stage = %s ORDER BY created_at",
             (REDELIVER_STAGE,),
         ):
-            job = _job_from_row(r)
+            job = job_from_row(r)
             job.stage = "deliver"
             jobs.append(job)
         return jobs

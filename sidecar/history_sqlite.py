@@ -140,7 +140,7 @@ class SqliteHistory:
         return None if row is None else _delivery(row, bodies=True)
 
     def pending(self) -> list[Job]:
-        from sidecar.state import _job_from_row
+        from sidecar.jobs import job_from_row
 
         rows = self.conn.execute(
             "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
@@ -149,7 +149,7 @@ class SqliteHistory:
         )
         jobs = []
         for r in rows:
-            job = _job_from_row(r)
+            job = job_from_row(r)
             job.stage = "deliver"
             jobs.append(job)
         return jobs

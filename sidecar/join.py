@@ -92,6 +92,11 @@ def channels_to_join(
     ]
 
 
+def _joinable(rules: RuleSet, channel: Channel, team: Team) -> bool:
+    """A live public channel of ``team`` where some webhook may fire."""
+    return channel.type == "O" and not channel.delete_at and rules.in_scope(channel, team)
+
+
 def catch_up_from(channel: Channel, *, now: int, window: float, floor: int) -> int:
     """Where a joined channel's catch-up starts (ms): its creation, bounded by the window and
     by ``floor`` (where the sidecar's processing began: a first start replays no history)."""
@@ -177,7 +182,7 @@ class Joiner:
             if self._enabled():
                 await self.reconcile(startup=True)
             else:
-                await self._count_unjoined()
+                await count_unjoined(self._rest, self._rules())
         except Unauthorized:
             raise
         except MattermostError as exc:
@@ -226,8 +231,8 @@ class Joiner:
         now = time.monotonic()
         skip = {c for c, at in self._refused.items() if now - at < REFUSED_RETRY}
         for team in teams:
-            public = await self._public_channels(team.id)
-            members = await self._member_channels(team.id)
+            public = await public_channels(self._rest, team.id)
+            members = await member_channels(self._rest, team.id)
             self._members |= members
             todo = channels_to_join(rules, team, public, members, skip)
             await self._join_all(todo, team, "listed")
@@ -242,23 +247,9 @@ class Joiner:
         rules = self._rules()
         teams = {t.id: t for t in await self._rest.my_teams()}
         for channel_id, event in hints.items():
-            self._rest.forget_channel(channel_id)
-            try:
-                channel = await self._rest.channel(channel_id)
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                if exc.retryable:
-                    raise
-                log.info("%s: channel %s cannot be read (%s); not joined", event, channel_id, exc)
-                continue
-            team = teams.get(channel.team_id)
-            if (
-                channel.type != "O"
-                or channel.delete_at
-                or team is None
-                or not rules.in_scope(channel, team)
-            ):
+            channel = await self._hinted_channel(channel_id, event)
+            team = None if channel is None else teams.get(channel.team_id)
+            if channel is None or team is None or not _joinable(rules, channel, team):
                 continue
             if event == "user_added":
                 # Someone added the bot (or this is our own join): catch up what came before.
@@ -273,6 +264,19 @@ class Joiner:
             self._refused.pop(channel.id, None)
             await self._join_all([channel], team, event)
         self.passes += 1
+
+    async def _hinted_channel(self, channel_id: str, event: str) -> Channel | None:
+        """The channel a hint names, read afresh; None when the server refuses it (logged)."""
+        self._rest.forget_channel(channel_id)
+        try:
+            return await self._rest.channel(channel_id)
+        except Unauthorized:
+            raise
+        except MattermostError as exc:
+            if exc.retryable:
+                raise
+            log.info("%s: channel %s cannot be read (%s); not joined", event, channel_id, exc)
+            return None
 
     def _since(self, channel: Channel, *, converted: bool = False) -> int:
         floor = self._floor()
@@ -332,49 +336,53 @@ class Joiner:
         self.joined += 1
         return True
 
-    async def _count_unjoined(self) -> None:
-        rules = self._rules()
-        if not any(covers_public(w) for w in rules.webhooks):
-            return
-        teams, _ = teams_in_scope(rules.webhooks, await self._rest.my_teams())
-        count = 0
-        for team in teams:
-            public = await self._public_channels(team.id)
-            members = await self._member_channels(team.id)
-            count += len(channels_to_join(rules, team, public, members))
-        if count:
-            log.warning(
-                "join_public_channels is off: %d public channels in scope the bot is not a "
-                "member of; their posts never reach the webhooks",
-                count,
-            )
 
-    async def _public_channels(self, team_id: str) -> list[Channel]:
-        """``GET /teams/{id}/channels``, every page: the team's public channels."""
-        found: list[Channel] = []
-        page = 0
-        while True:
-            params = {"page": str(page), "per_page": str(PER_PAGE)}
-            data = await self._rest.call("GET", f"/teams/{team_id}/channels", params=params)
-            if not isinstance(data, list):
-                raise BadAnswer("team channels: expected a list")
-            try:
-                found.extend(Channel.from_dict(c) for c in data)
-            except ObjectError as exc:
-                raise BadAnswer(f"bad channel from server: {exc}") from exc
-            if len(data) < PER_PAGE:
-                return found
-            page += 1
+async def count_unjoined(rest: RestClient, rules: RuleSet) -> None:
+    """With ``join_public_channels`` off: warn how many public channels in scope the bot is
+    not in (their posts never reach the webhooks)."""
+    if not any(covers_public(w) for w in rules.webhooks):
+        return
+    teams, _ = teams_in_scope(rules.webhooks, await rest.my_teams())
+    count = 0
+    for team in teams:
+        public = await public_channels(rest, team.id)
+        members = await member_channels(rest, team.id)
+        count += len(channels_to_join(rules, team, public, members))
+    if count:
+        log.warning(
+            "join_public_channels is off: %d public channels in scope the bot is not a "
+            "member of; their posts never reach the webhooks",
+            count,
+        )
 
-    async def _member_channels(self, team_id: str) -> set[str]:
-        """The ids of the bot's channels in the team (not through the channel cache: only the
-        ids are needed, and a lookup made later must still ask the server)."""
-        try:
-            data = await self._rest.call("GET", f"/users/me/teams/{team_id}/channels")
-        except MattermostError as exc:
-            if exc.status == 404:  # the server's answer when the bot has no channel there
-                return set()
-            raise
+
+async def public_channels(rest: RestClient, team_id: str) -> list[Channel]:
+    """``GET /teams/{id}/channels``, every page: the team's public channels."""
+    found: list[Channel] = []
+    page = 0
+    while True:
+        params = {"page": str(page), "per_page": str(PER_PAGE)}
+        data = await rest.call("GET", f"/teams/{team_id}/channels", params=params)
         if not isinstance(data, list):
-            raise BadAnswer("channels for user: expected a list")
-        return {c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}
+            raise BadAnswer("team channels: expected a list")
+        try:
+            found.extend(Channel.from_dict(c) for c in data)
+        except ObjectError as exc:
+            raise BadAnswer(f"bad channel from server: {exc}") from exc
+        if len(data) < PER_PAGE:
+            return found
+        page += 1
+
+
+async def member_channels(rest: RestClient, team_id: str) -> set[str]:
+    """The ids of the bot's channels in the team (not through the channel cache: only the
+    ids are needed, and a lookup made later must still ask the server)."""
+    try:
+        data = await rest.call("GET", f"/users/me/teams/{team_id}/channels")
+    except MattermostError as exc:
+        if exc.status == 404:  # the server's answer when the bot has no channel there
+            return set()
+        raise
+    if not isinstance(data, list):
+        raise BadAnswer("channels for user: expected a list")
+    return {c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}

@@ -86,8 +86,9 @@ class _Cache(Generic[T]):
         self._values.pop(key, None)
 
 
-class RestClient:
-    """Async calls to ``<url>/api/v4`` with the bot token. Constructing it does no I/O."""
+class Transport:
+    """The HTTP side of the REST client: the pooled session, the bearer token, one call with
+    its errors, and the server's clock read from the answers. Constructing it does no I/O."""
 
     def __init__(
         self,
@@ -97,7 +98,6 @@ class RestClient:
         verify_tls: bool = True,
         user_agent: str = "mm-sidecar",
         timeout: float = 30.0,
-        cache_ttl: float = CACHE_TTL,
     ) -> None:
         self.base = url.rstrip("/") + "/api/v4"
         self._token = token
@@ -105,13 +105,10 @@ class RestClient:
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
         self._session: aiohttp.ClientSession | None = None
-        self._users: _Cache[User] = _Cache(cache_ttl)
-        self._teams: _Cache[Team] = _Cache(cache_ttl)
-        self._channels: _Cache[Channel] = _Cache(cache_ttl)
         self._clock_offset = 0  # ms: the server's clock minus ours, from the last Date header
 
     def __repr__(self) -> str:
-        return f"RestClient({self.base!r})"
+        return f"{type(self).__name__}({self.base!r})"
 
     async def start(self) -> None:
         """Open the pooled session."""
@@ -133,13 +130,6 @@ class RestClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> RestClient:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def call(
         self,
@@ -222,7 +212,32 @@ class RestClient:
         high = date + 1000 - sent  # … within that second, after we sent the request
         self._clock_offset = 0 if low <= 0 <= high else low
 
-    # -- lookups ---------------------------------------------------------------------------
+
+class RestClient(Transport):
+    """Async calls to ``<url>/api/v4`` with the bot token: the lookups the sidecar needs, users,
+    teams and channels cached (``cache_ttl`` s). Constructing it does no I/O."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        verify_tls: bool = True,
+        user_agent: str = "mm-sidecar",
+        timeout: float = 30.0,
+        cache_ttl: float = CACHE_TTL,
+    ) -> None:
+        super().__init__(url, token, verify_tls=verify_tls, user_agent=user_agent, timeout=timeout)
+        self._users: _Cache[User] = _Cache(cache_ttl)
+        self._teams: _Cache[Team] = _Cache(cache_ttl)
+        self._channels: _Cache[Channel] = _Cache(cache_ttl)
+
+    async def __aenter__(self) -> RestClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def me(self) -> User:
         """The bot's own user."""

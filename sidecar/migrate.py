@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.errors import MigrateError as MigrateError
 from sidecar.history_sqlite import COLUMNS as HISTORY_COLUMNS
 from sidecar.pgconn import DEFAULT_SCHEMA, is_postgres_url, redact_url
-from sidecar.state import DB_NAME, Snapshot, State, StateError, _Rows
+from sidecar.state import DB_NAME, Snapshot, State, StateError
+from sidecar.statefile import START_KEY
+from sidecar.writes import job_row
 
 log = logging.getLogger(__name__)
-
-
-class MigrateError(Exception):
-    """The migration cannot be done; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +126,7 @@ def write(
     """Replace the state at ``url`` by ``snap`` (and ``extra``) in one transaction. Blocking."""
     _check_url(url)
     extra = extra or Extra([], [])
-    rows = _Rows()
-    rows.add_jobs(snap.jobs)
-    jobs = rows.jobs + extra.queued
+    jobs = [job_row(j) for j in snap.jobs] + extra.queued
     if is_postgres_url(url):
         from sidecar.pgconn import PgTarget, read_password
         from sidecar.pgstate import PgState, replace_all
@@ -138,7 +135,7 @@ def write(
         _refuse_unless_empty(url, target.open(), force)
         conn = target.connect_sync()
         try:
-            replace_all(conn, schema, snap.cursors, snap.seen, jobs, extra.history)
+            replace_all(conn, schema, snap.cursors, snap.seen, jobs, extra.history, snap.start)
         finally:
             conn.close()
         return
@@ -149,6 +146,9 @@ def write(
         db.execute("BEGIN IMMEDIATE")
         for table in ("cursor", "seen", "outbox", "deliveries"):
             db.execute(f"DELETE FROM {table}")
+        db.execute("DELETE FROM meta WHERE key = ?", (START_KEY,))
+        if snap.start is not None:
+            db.execute("INSERT INTO meta VALUES (?, ?)", (START_KEY, str(snap.start)))
         db.executemany("INSERT INTO cursor VALUES (?, ?)", list(snap.cursors.items()))
         db.executemany("INSERT INTO seen VALUES (?, ?)", list(snap.seen.items()))
         db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
@@ -162,7 +162,7 @@ def write(
 
 
 def _refuse_unless_empty(url: str, snap: Snapshot, force: bool) -> None:
-    if (snap.cursors or snap.seen or snap.jobs) and not force:
+    if (snap.cursors or snap.seen or snap.jobs or snap.start is not None) and not force:
         raise MigrateError(
             f"{redact_url(url)} already holds state ({Counts.of(snap)}); --force replaces it"
         )

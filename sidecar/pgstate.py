@@ -26,10 +26,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sidecar import history_pg
+from sidecar import history_pg, writes
 from sidecar.backend import Fenced, StateUnavailable
+from sidecar.jobs import Job, Snapshot, job_from_row
 from sidecar.pgconn import PgTarget
-from sidecar.state import WRITE_RETRY_FOR, Job, Snapshot, StateError, _job_from_row, _Rows
+from sidecar.state import WRITE_RETRY_FOR, StateError
+from sidecar.statefile import LEGACY_START_ROW, START_KEY
+from sidecar.writes import Command, Rows
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,24 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> int:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(SCHEMA_VERSION),),
         )
+        if found:
+            move_legacy_start(conn)
     return found
+
+
+def move_legacy_start(conn: psycopg.Connection[Any]) -> None:
+    """Move the start position from the cursor row ``""`` (older schemas) to ``meta``, in the
+    caller's transaction (the row, when present, wins: only an older version writes it)."""
+    row = conn.execute(
+        "DELETE FROM cursor WHERE channel_id = %s RETURNING create_at", (LEGACY_START_ROW,)
+    ).fetchone()
+    if row is not None:
+        conn.execute(
+            "INSERT INTO meta VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (START_KEY, str(row[0])),
+        )
+        log.info("state schema: start position moved from the cursor table to meta")
 
 
 def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
@@ -108,6 +128,7 @@ def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
     try:
         cursors = dict(conn.execute("SELECT channel_id, create_at FROM cursor").fetchall())
         seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
+        start = conn.execute("SELECT value FROM meta WHERE key = %s", (START_KEY,)).fetchone()
         rows = conn.execute(
             "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
             "FROM outbox WHERE stage != 'redeliver' ORDER BY created_at"
@@ -115,10 +136,11 @@ def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
     finally:
         conn.execute("COMMIT")
     try:
-        jobs = [_job_from_row(tuple(r)) for r in rows]
+        jobs = [job_from_row(tuple(r)) for r in rows]
     except (ValueError, KeyError, TypeError) as exc:
         raise StateError(f"PostgreSQL state holds a malformed outbox row ({exc})") from exc
-    return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs)
+    position = None if start is None else int(start[0])
+    return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs, start=position)
 
 
 def replace_all(
@@ -128,6 +150,7 @@ def replace_all(
     seen: dict[str, int],
     jobs: list[tuple[Any, ...]],
     history: Sequence[tuple[Any, ...]] = (),
+    start: int | None = None,
 ) -> None:
     """Replace the whole state (``state migrate``): one transaction; the leader row is kept.
     ``history``: raw ``deliveries`` rows (``history_sqlite.COLUMNS``, headers as JSON text)."""
@@ -137,6 +160,9 @@ def replace_all(
         conn.execute("DELETE FROM seen")
         conn.execute("DELETE FROM outbox")
         conn.execute("DELETE FROM deliveries")
+        conn.execute("DELETE FROM meta WHERE key = %s", (START_KEY,))
+        if start is not None:
+            conn.execute("INSERT INTO meta VALUES (%s, %s)", (START_KEY, str(start)))
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO cursor VALUES (%s, %s)", list(cursors.items()))
             cur.executemany("INSERT INTO seen VALUES (%s, %s)", list(seen.items()))
@@ -158,7 +184,7 @@ class PgState:
         #: (as ``State.on_write_failure``: the daemon exits 1 unless it was deposed meanwhile).
         self.on_write_failure: Callable[[BaseException], None] | None = None
         self._retry_for = retry_for
-        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None]] | None]
+        self._queue: asyncio.Queue[tuple[Command, asyncio.Future[None]] | None]
         self._queue = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -192,7 +218,9 @@ class PgState:
             # Fresh = nothing ever processed (not "schema just created"): with HA the schema
             # is made by whichever replica starts first, the state by the first active one.
             snap = read_snapshot(conn, fresh=True)
-            snap.fresh = found == 0 or not (snap.cursors or snap.seen or snap.jobs)
+            snap.fresh = found == 0 or not (
+                snap.cursors or snap.seen or snap.jobs or snap.start is not None
+            )
             return snap
         except psycopg.OperationalError as exc:  # the server went away meanwhile
             raise StateUnavailable(f"PostgreSQL at {self.target.safe_url}: {exc}") from exc
@@ -216,30 +244,28 @@ class PgState:
 
     # -- writes (each returns a future resolved after commit) ------------------------------
 
-    def _submit(self, op: str, *args: Any) -> asyncio.Future[None]:
+    def _submit(self, command: Command) -> asyncio.Future[None]:
         if self._loop is None:
             raise RuntimeError("state writer not started")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put_nowait((op, args, future))
+        self._queue.put_nowait((command, future))
         return future
 
     def add_jobs(self, jobs: Sequence[Job]) -> asyncio.Future[None]:
         """Record new deliveries (before they are sent)."""
-        return self._submit("add_jobs", list(jobs))
+        return self._submit(writes.AddJobs(tuple(jobs)))
 
     def update_job(self, job: Job) -> asyncio.Future[None]:
         """Record a job's new stage, attempt count, response and next attempt time."""
-        return self._submit(
-            "update_job", job.id, job.stage, job.attempts, job.response, job.next_at
-        )
+        return self._submit(writes.UpdateJob.of(job))
 
     def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
         """Remove a finished job and add its history row (``history.entry``) in one transaction."""
-        return self._submit("finish_job", job_id, entry)
+        return self._submit(writes.FinishJob(job_id, entry))
 
     def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
         """Mark outbox rows queued by ``redeliver`` as taken by this replica."""
-        return self._submit("claim", list(job_ids))
+        return self._submit(writes.Claim(tuple(job_ids)))
 
     def open_history(self) -> history_pg.PgHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""
@@ -249,17 +275,21 @@ class PgState:
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
         """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
-        return self._submit("processed", channel_id, create_at, list(keys), at)
+        return self._submit(writes.record_position(channel_id, create_at, keys, at))
 
     def record(
         self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
-        """`add_jobs` and `processed` in one transaction (see ``State.record``)."""
-        return self._submit("record", list(jobs), channel_id, create_at, list(keys), at)
+        """`add_jobs` and `record_position` in one transaction (see ``State.record``)."""
+        return self._submit(writes.record(jobs, channel_id, create_at, keys, at))
+
+    def record_start(self, position: int) -> asyncio.Future[None]:
+        """Save where processing began (server ms): the cursor of channels without one."""
+        return self._submit(writes.RecordStart(position))
 
     def prune_seen(self, older_than: int) -> asyncio.Future[None]:
         """Forget processed keys older than ``older_than`` (ms)."""
-        return self._submit("prune_seen", older_than)
+        return self._submit(writes.PruneSeen(older_than))
 
     # -- the writer task -------------------------------------------------------------------
 
@@ -289,17 +319,14 @@ class PgState:
                 continue
             error: StateError | None = None
             try:
-                rows = _Rows()
-                for op, args, _ in items:
-                    getattr(rows, op)(*args)
-                await self._commit(rows)
+                await self._commit(Rows.of([command for command, _ in items]))
                 self.commits += 1
             except StateError as exc:
                 error = exc
             except Exception as exc:  # the failure is handed to every waiter
                 error = StateUnavailable(f"state write failed: {exc}")
                 log.error("state write failed: %s", exc)
-            for _, _, future in items:
+            for _, future in items:
                 if not future.done():
                     if error is None:
                         future.set_result(None)
@@ -310,7 +337,7 @@ class PgState:
             if error is not None and not isinstance(error, Fenced) and self.on_write_failure:
                 self.on_write_failure(error)
 
-    async def _commit(self, rows: _Rows) -> None:
+    async def _commit(self, rows: Rows) -> None:
         """One transaction; lost connections are retried for ``retry_for`` seconds."""
         deadline = time.monotonic() + self._retry_for
         delay = 0.1
@@ -346,8 +373,8 @@ def _check_epoch(row: tuple[Any, ...] | None, epoch: int) -> None:
         raise Fenced(f"the lease moved to epoch {current}; this replica holds {epoch}")
 
 
-async def _write(conn: psycopg.AsyncConnection[Any], rows: _Rows) -> None:
-    """The statements of one burst, in ``_Rows``' safe order: one statement per kind, the rows
+async def _write(conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
+    """The statements of one burst, in ``Rows``' safe order: one statement per kind, the rows
     passed as arrays (``unnest``), so the server parses and plans each once per burst."""
     cur = conn.cursor()
     if rows.jobs:
@@ -378,6 +405,12 @@ async def _write(conn: psycopg.AsyncConnection[Any], rows: _Rows) -> None:
             "INSERT INTO seen SELECT * FROM unnest(%s::text[], %s::bigint[]) "
             "ON CONFLICT (key) DO UPDATE SET at = excluded.at",
             _columns(list(dict(rows.seen).items()), 2),
+        )
+    if rows.start is not None:
+        await cur.execute(
+            "INSERT INTO meta VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (START_KEY, str(rows.start)),
         )
     if rows.claimed:
         await cur.execute(

@@ -365,6 +365,16 @@ def build_reply(
     if text is None and not attachments:
         return ReplyPlan((), tuple(warnings))
 
+    post_type = _post_type(post_type, attachments)
+    props = _reply_props(given_props, webhook, settings, username, icon_url)
+    base = _base(post, comment, post_type, priority, warnings)
+    message = _links(_slack_text(text or "", usernames))
+    posts = _split(message, props, attachments, base, settings.max_post_size)
+    return ReplyPlan(tuple(posts), tuple(warnings))
+
+
+def _post_type(post_type: str, attachments: list[Any]) -> str:
+    """The reply's type: as given, ``slack_attachment`` for attachments; never system_*."""
     if attachments and not post_type:
         post_type = "slack_attachment"
     # The server's Post.IsValid list minus system_* (which a created post may not have).
@@ -372,12 +382,20 @@ def build_reply(
         raise ReplyError(
             f"'type' must be a post type (not system_*) or custom_*, got {post_type!r}"
         )
+    return post_type
 
+
+def _reply_props(
+    given: Mapping[str, Any] | None,
+    webhook: WebhookConfig,
+    settings: ReplySettings,
+    username: str | None,
+    icon_url: str | None,
+) -> dict[str, Any]:
+    """The response's props, less those only the server sets, plus the webhook's own."""
     # "attachments" inside props is dropped too: Mattermost only keeps the typed ones.
     props = {
-        k: v
-        for k, v in (given_props or {}).items()
-        if k not in _DROPPED_PROPS and k != "attachments"
+        k: v for k, v in (given or {}).items() if k not in _DROPPED_PROPS and k != "attachments"
     }
     props["webhook_display_name"] = webhook.name
     props["from_webhook"] = "true"
@@ -385,17 +403,24 @@ def build_reply(
         props["override_username"] = username or "webhook"
     if settings.enable_post_icon_override and icon_url:
         props["override_icon_url"] = icon_url
+    return props
 
+
+def _base(
+    post: Post,
+    comment: bool,
+    post_type: str,
+    priority: dict[str, Any] | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The fields every part of the reply shares: channel, thread, type, priority."""
     root_id = (post.root_id or post.id) if comment else ""
     base: dict[str, Any] = {"channel_id": post.channel_id, "root_id": root_id, "type": post_type}
     if priority is not None and root_id:
         warnings.append("priority is only allowed on root posts: dropped from the comment")
     elif priority is not None:
         base["metadata"] = {"priority": priority}
-
-    message = _links(_slack_text(text or "", usernames))
-    posts = _split(message, props, attachments, base, settings.max_post_size)
-    return ReplyPlan(tuple(posts), tuple(warnings))
+    return base
 
 
 def _split(

@@ -12,100 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import history_sqlite
+from sidecar import history_sqlite, writes
 from sidecar.errors import StateError as StateError
 from sidecar.errors import StateWriteError as StateWriteError
+from sidecar.jobs import Job as Job
+from sidecar.jobs import Snapshot as Snapshot
+from sidecar.statefile import DB_NAME as DB_NAME
+from sidecar.statefile import LOCK_NAME as LOCK_NAME
+from sidecar.statefile import SCHEMA_VERSION as SCHEMA_VERSION
+from sidecar.statefile import START_KEY, StateFile
+from sidecar.writes import Command, Rows
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: delivery history (history_sqlite.py); a version-1 file is migrated
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints
-DB_NAME = "state.sqlite3"
-LOCK_NAME = "state.lock"  # flock'ed by the running daemon (not the database: others may read it)
 WRITE_RETRY_FOR = 60.0  # seconds a failing commit (disk full, I/O error) is retried before exit 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS cursor (channel_id TEXT PRIMARY KEY, create_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY,
-    webhook TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    job TEXT NOT NULL,
-    body BLOB NOT NULL,
-    response BLOB,
-    created_at REAL NOT NULL,
-    next_at REAL NOT NULL
-);
-"""
-
-
-@dataclass(slots=True)
-class Job:
-    """One delivery (one callback URL of one webhook for one event) and its reply.
-
-    ``stage`` is ``deliver`` until the callback answered, then ``reply`` (with the answer
-    kept in ``response``) until the reply is posted; the row is deleted when finished.
-    """
-
-    id: str
-    webhook: str
-    url: str
-    webhook_id: str
-    body: bytes
-    content_type: str
-    event: str
-    post_id: str
-    channel_id: str
-    root_id: str
-    created_at: float = field(default_factory=time.time)
-    stage: str = "deliver"
-    attempts: int = 0
-    response: bytes | None = None
-    next_at: float = 0.0  # wall-clock time of the next attempt after a failure (0: now)
-    # -- delivery history (history.py, history_sqlite.py) --
-    redelivery_of: str = ""  # the history row this job sends again (kept in the outbox row)
-    delivery_id: str = ""  # its own history row, once named (not kept: a restart renames it)
-    headers: dict[str, str] | None = None  # the last attempt's request headers (not kept)
-
-    def meta(self) -> str:
-        meta = {
-            "url": self.url,
-            "webhook_id": self.webhook_id,
-            "content_type": self.content_type,
-            "event": self.event,
-            "post_id": self.post_id,
-            "channel_id": self.channel_id,
-            "root_id": self.root_id,
-        }
-        if self.redelivery_of:
-            meta["redelivery_of"] = self.redelivery_of
-        return json.dumps(meta)
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What a start-up reads back: cursors, recent keys, unfinished jobs."""
-
-    fresh: bool
-    cursors: dict[str, int]
-    seen: dict[str, int]
-    jobs: list[Job]
 
 
 class State:
@@ -116,8 +46,8 @@ class State:
         self.write_retry_for = write_retry_for
         # Called (on the loop) with the StateWriteError when a commit is finally given up.
         self.on_write_failure: Callable[[BaseException], None] | None = None
-        self._lock_fd: int | None = None
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], asyncio.Future[None]] | None]
+        self._file = StateFile(self.path)
+        self._queue: queue.SimpleQueue[tuple[Command, asyncio.Future[None]] | None]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -134,163 +64,13 @@ class State:
 
         Raises StateError when a running daemon holds the state_dir (never from under it).
         """
-        path = state_dir / DB_NAME
-        if not path.exists():
-            return None
-        holder = State(state_dir)
-        holder._lock()
-        try:
-            aside = path.with_name(f"{DB_NAME}.reset-{time.strftime('%Y%m%dT%H%M%S')}")
-            path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                extra = path.with_name(DB_NAME + suffix)
-                if extra.exists():
-                    extra.rename(aside.with_name(aside.name + suffix))
-        finally:
-            holder._unlock()
-        return aside
+        return StateFile(state_dir / DB_NAME).reset()
 
     def open(self) -> Snapshot:
         """Lock, open (or create) the file, check its schema, read it back. Blocking: call in
         a thread. Nothing is written to a file that is refused."""
-        state_dir = self.path.parent
-        try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-        except OSError as exc:
-            raise StateError(f"cannot create state_dir {state_dir}: {exc}") from exc
-        self._warn_if_readable(state_dir)
-        self._lock()
-        try:
-            snapshot = self._open()
-        except BaseException:
-            self._unlock()
-            raise
+        self._conn, snapshot = self._file.open()
         return snapshot
-
-    def _open(self) -> Snapshot:
-        try:
-            # Owner-only (its -wal and -shm files follow): outbox rows hold webhook tokens.
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            else:
-                self._warn_if_readable(self.path)
-        except OSError as exc:
-            raise StateError(f"cannot create state file {self.path}: {exc}") from exc
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            # Read first, change nothing: a foreign or newer file is refused untouched.
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            version = self._check_schema(conn, tables) if tables else ""
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints (the only fsyncs in WAL + NORMAL) run in their own thread: done by
-            # the writer at a commit, they would hold every delivery waiting for that commit.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            if not tables:
-                conn.execute("BEGIN")
-                for statement in (_SCHEMA + history_sqlite.SCHEMA).split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-                conn.execute("COMMIT")
-            elif version == "1":
-                # 1 → 2 added the history tables; outbox rows are unchanged.
-                conn.execute("BEGIN")
-                for statement in history_sqlite.SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
-                )
-                conn.execute("COMMIT")
-                log.info("state file %s: schema upgraded from version 1 to 2", self.path)
-            cursors = dict(conn.execute("SELECT channel_id, create_at FROM cursor").fetchall())
-            seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
-            jobs = [
-                _job_from_row(r)
-                for r in conn.execute(
-                    "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
-                    "FROM outbox WHERE stage != 'redeliver' ORDER BY created_at"
-                )  # rows queued by `redeliver` are claimed by the daemon's poller (redelivery.py)
-            ]
-        except BaseException as exc:
-            if conn is not None:
-                conn.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise StateError(
-                    f"state file {self.path} is unreadable ({exc}); "
-                    "run with --reset-state to move it aside and start afresh"
-                ) from exc
-            if isinstance(exc, (ValueError, KeyError, TypeError)):
-                raise StateError(
-                    f"state file {self.path} holds a malformed outbox row ({exc}); "
-                    "run with --reset-state to move it aside and start afresh"
-                ) from exc
-            raise
-        self._conn = conn
-        return Snapshot(fresh=not tables, cursors=cursors, seen=seen, jobs=jobs)
-
-    def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> str:
-        """The file's schema version, when this mm-sidecar can use (or migrate) it."""
-        row = None
-        if "meta" in tables:
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            raise StateError(
-                f"{self.path} is not an mm-sidecar state file (no schema version); left "
-                "untouched: point state_dir elsewhere, or run with --reset-state to move it aside"
-            )
-        if row[0] not in ("1", str(SCHEMA_VERSION)):
-            raise StateError(
-                f"{self.path}: schema version {row[0]}, this mm-sidecar knows "
-                f"{SCHEMA_VERSION}; run with --reset-state to move it aside and start afresh"
-            )
-        return str(row[0])
-
-    @staticmethod
-    def _warn_if_readable(path: Path) -> None:
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            return
-        if mode & 0o077:
-            log.warning(
-                "%s is readable by others (mode %o): it holds webhook tokens; chmod %s it",
-                path,
-                mode & 0o777,
-                "700" if path.is_dir() else "600",
-            )
-
-    def _lock(self) -> None:
-        """Take the state_dir's lock: one daemon per state_dir, or both would deliver all."""
-        path = self.path.with_name(LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateError(f"cannot open the lock file {path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StateError(
-                f"state_dir {self.path.parent} is in use by another mm-sidecar (pid {holder}); "
-                "two daemons on one state_dir would both deliver every event"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
 
     def start_writer(self) -> None:
         """Start the writer and checkpoint threads; call from the loop that awaits writes."""
@@ -315,34 +95,32 @@ class State:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._unlock()
+        self._file.unlock()
 
     # -- writes (each returns a future resolved after commit) ------------------------------
 
-    def _submit(self, op: str, *args: Any) -> asyncio.Future[None]:
+    def _submit(self, command: Command) -> asyncio.Future[None]:
         if self._loop is None:
             raise RuntimeError("state writer not started")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((op, args, future))
+        self._queue.put((command, future))
         return future
 
     def add_jobs(self, jobs: Sequence[Job]) -> asyncio.Future[None]:
         """Record new deliveries (before they are sent)."""
-        return self._submit("add_jobs", list(jobs))
+        return self._submit(writes.AddJobs(tuple(jobs)))
 
     def update_job(self, job: Job) -> asyncio.Future[None]:
         """Record a job's new stage, attempt count, response and next attempt time."""
-        return self._submit(
-            "update_job", job.id, job.stage, job.attempts, job.response, job.next_at
-        )
+        return self._submit(writes.UpdateJob.of(job))
 
     def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
         """Remove a finished job and add its history row (``history.entry``) in one transaction."""
-        return self._submit("finish_job", job_id, entry)
+        return self._submit(writes.FinishJob(job_id, entry))
 
     def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
         """Mark outbox rows queued by ``redeliver`` as taken by this daemon."""
-        return self._submit("claim", list(job_ids))
+        return self._submit(writes.Claim(tuple(job_ids)))
 
     def open_history(self) -> history_sqlite.SqliteHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""
@@ -352,7 +130,7 @@ class State:
         self, channel_id: str, create_at: int, keys: Sequence[str], at: int
     ) -> asyncio.Future[None]:
         """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
-        return self._submit("processed", channel_id, create_at, list(keys), at)
+        return self._submit(writes.record_position(channel_id, create_at, keys, at))
 
     def record(
         self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
@@ -363,11 +141,15 @@ class State:
         again) or neither (catch-up finds the post again): never a post marked processed
         whose deliveries were lost, nor jobs that a catch-up would queue a second time.
         """
-        return self._submit("record", list(jobs), channel_id, create_at, list(keys), at)
+        return self._submit(writes.record(jobs, channel_id, create_at, keys, at))
+
+    def record_start(self, position: int) -> asyncio.Future[None]:
+        """Save where processing began (server ms): the cursor of channels without one."""
+        return self._submit(writes.RecordStart(position))
 
     def prune_seen(self, older_than: int) -> asyncio.Future[None]:
         """Forget processed keys older than ``older_than`` (ms)."""
-        return self._submit("prune_seen", older_than)
+        return self._submit(writes.PruneSeen(older_than))
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -404,16 +186,14 @@ class State:
             stop = len(items) != len(batch)
             if not items:
                 continue
-            rows = _Rows()
-            for op, args, _ in items:
-                getattr(rows, op)(*args)
+            rows = Rows.of([command for command, _ in items])
             error = self._commit(conn, rows)
             # One wake-up of the event loop per transaction, not one per write.
-            loop.call_soon_threadsafe(_resolve, [f for _, _, f in items], error)
+            loop.call_soon_threadsafe(_resolve, [f for _, f in items], error)
             if error is not None and self.on_write_failure is not None:
                 loop.call_soon_threadsafe(self.on_write_failure, error)
 
-    def _commit(self, conn: sqlite3.Connection, rows: _Rows) -> StateWriteError | None:
+    def _commit(self, conn: sqlite3.Connection, rows: Rows) -> StateWriteError | None:
         """Commit, retrying with backoff for up to write_retry_for s (a full disk may be
         freed meanwhile; the websocket keeps its position, later writes queue behind)."""
         deadline = time.monotonic() + self.write_retry_for
@@ -421,7 +201,7 @@ class State:
         while True:
             try:
                 conn.execute("BEGIN")
-                rows.write(conn)
+                write_sqlite(conn, rows)
                 conn.execute("COMMIT")
                 self.commits += 1
                 return None
@@ -439,93 +219,37 @@ class State:
                 delay = min(delay * 2, 5.0)
 
 
-class _Rows:
-    """The writes of one transaction, grouped by statement so each runs once (executemany).
-
-    Safe to reorder: inserts come before the deletes that may follow them in the same burst,
-    and a cursor only ever moves forward.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, ...]] = []
-        self.updates: list[tuple[Any, ...]] = []
-        self.finished: list[tuple[str]] = []
-        self.history: list[tuple[Any, ...]] = []
-        self.claimed: list[tuple[str]] = []
-        self.cursors: dict[str, int] = {}
-        self.seen: list[tuple[str, int]] = []
-        self.prune: int | None = None
-
-    def add_jobs(self, jobs: list[Job]) -> None:
-        self.jobs.extend(
-            (
-                j.id,
-                j.webhook,
-                j.stage,
-                j.attempts,
-                j.meta(),
-                j.body,
-                j.response,
-                j.created_at,
-                j.next_at,
-            )
-            for j in jobs
+def write_sqlite(conn: sqlite3.Connection, rows: Rows) -> None:
+    """The statements of one burst, in ``Rows``' safe order (executemany per statement)."""
+    if rows.jobs:
+        conn.executemany(
+            "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.jobs
         )
-
-    def update_job(
-        self, job_id: str, stage: str, attempts: int, response: bytes | None, next_at: float
-    ) -> None:
-        self.updates.append((stage, attempts, response, next_at, job_id))
-
-    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None) -> None:
-        self.finished.append((job_id,))
-        if entry is not None:
-            self.history.append(entry)
-
-    def claim(self, job_ids: list[str]) -> None:
-        self.claimed.extend((i,) for i in job_ids)
-
-    def processed(self, channel_id: str, create_at: int, keys: list[str], at: int) -> None:
-        self.cursors[channel_id] = max(create_at, self.cursors.get(channel_id, create_at))
-        self.seen.extend((k, at) for k in keys)
-
-    def record(
-        self, jobs: list[Job], channel_id: str, create_at: int, keys: list[str], at: int
-    ) -> None:
-        self.add_jobs(jobs)
-        self.processed(channel_id, create_at, keys, at)
-
-    def prune_seen(self, older_than: int) -> None:
-        self.prune = older_than
-
-    def write(self, conn: sqlite3.Connection) -> None:
-        if self.jobs:
-            conn.executemany(
-                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.jobs
-            )
-        if self.updates:
-            conn.executemany(
-                "UPDATE outbox SET stage=?, attempts=?, response=?, next_at=? WHERE id=?",
-                self.updates,
-            )
-        if self.cursors:
-            conn.executemany(
-                "INSERT INTO cursor VALUES (?, ?) ON CONFLICT(channel_id) "
-                "DO UPDATE SET create_at=max(create_at, excluded.create_at)",
-                list(self.cursors.items()),
-            )
-        if self.seen:
-            conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", self.seen)
-        if self.claimed:
-            conn.executemany(
-                "UPDATE outbox SET stage='deliver' WHERE id=? AND stage='redeliver'", self.claimed
-            )
-        if self.finished:
-            conn.executemany("DELETE FROM outbox WHERE id=?", self.finished)
-        if self.history:
-            history_sqlite.insert(conn, self.history)
-        if self.prune is not None:
-            conn.execute("DELETE FROM seen WHERE at < ?", (self.prune,))
+    if rows.updates:
+        conn.executemany(
+            "UPDATE outbox SET stage=?, attempts=?, response=?, next_at=? WHERE id=?",
+            rows.updates,
+        )
+    if rows.cursors:
+        conn.executemany(
+            "INSERT INTO cursor VALUES (?, ?) ON CONFLICT(channel_id) "
+            "DO UPDATE SET create_at=max(create_at, excluded.create_at)",
+            list(rows.cursors.items()),
+        )
+    if rows.seen:
+        conn.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", rows.seen)
+    if rows.start is not None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (START_KEY, str(rows.start)))
+    if rows.claimed:
+        conn.executemany(
+            "UPDATE outbox SET stage='deliver' WHERE id=? AND stage='redeliver'", rows.claimed
+        )
+    if rows.finished:
+        conn.executemany("DELETE FROM outbox WHERE id=?", rows.finished)
+    if rows.history:
+        history_sqlite.insert(conn, rows.history)
+    if rows.prune is not None:
+        conn.execute("DELETE FROM seen WHERE at < ?", (rows.prune,))
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: StateWriteError | None) -> None:
@@ -537,26 +261,3 @@ def _resolve(futures: list[asyncio.Future[None]], error: StateWriteError | None)
         else:
             future.set_exception(error)
             future.exception()  # retrieved: not every write is awaited (on_write_failure is)
-
-
-def _job_from_row(row: tuple[Any, ...]) -> Job:
-    job_id, webhook, stage, attempts, meta, body, response, created_at, next_at = row
-    m = json.loads(meta)
-    return Job(
-        id=job_id,
-        webhook=webhook,
-        url=m["url"],
-        webhook_id=m["webhook_id"],
-        body=bytes(body),
-        content_type=m["content_type"],
-        event=m["event"],
-        post_id=m["post_id"],
-        channel_id=m["channel_id"],
-        root_id=m["root_id"],
-        created_at=created_at,
-        stage=stage,
-        attempts=attempts,
-        response=None if response is None else bytes(response),
-        next_at=next_at,
-        redelivery_of=m.get("redelivery_of", ""),
-    )

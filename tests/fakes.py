@@ -171,6 +171,7 @@ class FakeState:
         self.jobs: list[Job] = []
         self.finished: list[tuple[str, tuple[Any, ...] | None]] = []
         self.updates: list[Job] = []
+        self.start: int | None = None
 
     def record_position(
         self, channel_id: str, create_at: int, keys: list[str], at: int
@@ -184,6 +185,10 @@ class FakeState:
     ) -> asyncio.Future[None]:
         self.jobs.extend(jobs)
         return self.record_position(channel_id, create_at, keys, at)
+
+    def record_start(self, position: int) -> asyncio.Future[None]:
+        self.start = position
+        return done()
 
     def prune_seen(self, horizon: int) -> None:
         pass
@@ -201,7 +206,9 @@ class FakeState:
         return [entry[11] for _, entry in self.finished if entry is not None]
 
     def snapshot(self, *, fresh: bool = False) -> Snapshot:
-        return Snapshot(fresh=fresh, cursors=dict(self.cursors), seen=dict(self.seen), jobs=[])
+        return Snapshot(
+            fresh=fresh, cursors=dict(self.cursors), seen=dict(self.seen), jobs=[], start=self.start
+        )
 
 
 class RecordingOutbox:

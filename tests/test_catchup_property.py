@@ -192,6 +192,7 @@ class FakeState:
     def __init__(self) -> None:
         self.cursors: dict[str, int] = {}
         self.seen: dict[str, int] = {}
+        self.start: int | None = None
 
     def _done(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -208,9 +209,17 @@ class FakeState:
     ) -> Any:
         return self.record_position(channel_id, create_at, keys, at)
 
+    def record_start(self, position: int) -> Any:
+        self.start = position
+        return self._done()
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            fresh=not self.cursors, cursors=dict(self.cursors), seen=dict(self.seen), jobs=[]
+            fresh=not self.cursors and self.start is None,
+            cursors=dict(self.cursors),
+            seen=dict(self.seen),
+            jobs=[],
+            start=self.start,
         )
 
 

@@ -103,7 +103,8 @@ def test_a_cursor_older_than_the_start_is_raised_to_it() -> None:
     world = World(0, 2)
     world.server.post(CHANNELS[0], "alice", 0)  # history
     world.server.real += 1000
-    world.state.cursors = {"": world.server.now(), CHANNELS[0].id: 0}
+    world.state.start = world.server.now()
+    world.state.cursors = {CHANNELS[0].id: 0}
 
     async def run() -> None:
         world.dispatcher = world.new_dispatcher()

@@ -10,8 +10,8 @@ from fakes import ALICE, BOT, CHANNEL, TEAM, FakeRest, FakeState, RecordingOutbo
 from sidecar.catchup import PAGE_LIMIT, _posts_page, collect
 from sidecar.dispatch import Dispatcher
 from sidecar.errors import BadAnswer, MattermostError, Unauthorized
-from sidecar.events import Posted
-from sidecar.models import Post
+from sidecar.events import Posted, PostEdited, ReactionAdded
+from sidecar.models import Post, Reaction
 from sidecar.retry import NO_WAIT
 from sidecar.rules import RuleSet
 
@@ -143,3 +143,36 @@ async def test_catch_up_retries_a_temporary_failure_then_processes_what_it_found
     assert await d.catch_up() == 1
     assert rest.calls.count("posts_since") == 2
     assert [j.post_id for j in outbox.jobs] == [post(1).id]
+
+
+async def test_catch_up_yields_the_websocket_s_typed_events() -> None:
+    """A post, its edit and a reaction found over REST come back as ``Posted``, ``PostEdited``
+    and ``ReactionAdded`` (with the post, channel and team REST gave), oldest first."""
+    reaction = Reaction(user_id=ALICE.id, post_id=post(1).id, emoji_name="+1", create_at=NOW + 5)
+    edited = Post(
+        id=post(1).id,
+        channel_id=CHANNEL.id,
+        user_id=ALICE.id,
+        create_at=NOW,
+        update_at=NOW + 5,
+        edit_at=NOW + 3,
+        reactions=(reaction,),
+    )
+    cfg = config(events=["posted", "post_edited", "reaction_added"])
+    found = await collect(
+        cast(Any, FakeRest(since_pages=[[edited]])),
+        RuleSet(cfg.webhooks, bot_user_id=BOT.id),
+        cursors={},
+        default_cursor=NOW - 100,
+        window_start=0,
+        seen=set(),
+        channels=[(CHANNEL, TEAM)],
+    )
+    assert [item.event for item in found.items] == [
+        Posted(edited, CHANNEL.type, CHANNEL.name, CHANNEL.team_id),
+        PostEdited(edited),
+        ReactionAdded(reaction),
+    ]
+    assert [item.name for item in found.items] == ["posted", "post_edited", "reaction_added"]
+    assert all((i.post, i.channel, i.team) == (edited, CHANNEL, TEAM) for i in found.items)
+    assert [item.reaction for item in found.items] == [None, None, reaction]

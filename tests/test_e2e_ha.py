@@ -24,6 +24,7 @@ from harness import FAST, World, make_config, running, wait_until
 from pg import Cluster
 from sidecar.app import Sidecar
 from sidecar.notify import Notifier
+from sidecar.statefile import START_KEY
 from sidecar.testing.recorder import CallbackRecorder, Recorded
 from tcpproxy import TcpProxy
 from test_e2e_process import Start, write_config
@@ -322,10 +323,11 @@ async def test_posts_made_while_no_replica_runs_are_caught_up_after_a_first_star
         for name in ("a", "b")
     ]
     db = pg_url.rsplit("/", 1)[1]
+    start_saved = f"SELECT count(*) FROM mm_sidecar.meta WHERE key = '{START_KEY}'"
     async with running(configs[0]) as a:
         await wait_until(lambda: roles([a]) == ["active"], what="a active")
         await wait_until(
-            lambda: pg_cluster.sql("SELECT count(*) FROM mm_sidecar.cursor", db) == [(1,)],
+            lambda: pg_cluster.sql(start_saved, db) == [(1,)],
             what="the starting position saved",
         )
     texts = [f"while down {i}" for i in range(3)]

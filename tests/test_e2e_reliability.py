@@ -24,7 +24,7 @@ import pytest
 
 from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
-from sidecar.dispatch import LOOKUP_ATTEMPTS, POSITION_KEY
+from sidecar.dispatch import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
 from sidecar.state import State
 from sidecar.testing.emulator import Emulator
@@ -252,7 +252,7 @@ async def save_start_position(state_dir: Path, position: int) -> None:
     state = State(state_dir)
     await asyncio.to_thread(state.open)
     state.start_writer()
-    await state.record_position(POSITION_KEY, position, [], position)
+    await state.record_start(position)
     await state.close()
 
 

@@ -9,10 +9,12 @@ import sidecar.delivery
 import sidecar.events
 import sidecar.history
 import sidecar.mattermost
+import sidecar.migrate
 import sidecar.models
 import sidecar.reply
 import sidecar.state
 from sidecar import errors
+from sidecar.backend import Fenced, StateUnavailable
 from sidecar.gateway import Desync
 from sidecar.importer import ImportFailed
 
@@ -31,6 +33,7 @@ from sidecar.importer import ImportFailed
         (sidecar.state, "StateError"),
         (sidecar.state, "StateWriteError"),
         (sidecar.history, "HistoryError"),
+        (sidecar.migrate, "MigrateError"),
     ],
 )
 def test_every_error_is_one_class_under_the_root(module: object, name: str) -> None:
@@ -43,6 +46,8 @@ def test_every_error_is_one_class_under_the_root(module: object, name: str) -> N
 def test_the_module_local_errors_share_the_root() -> None:
     assert issubclass(Desync, errors.SidecarError)
     assert issubclass(ImportFailed, errors.SidecarError)
+    assert issubclass(Fenced, errors.StateError) and issubclass(StateUnavailable, errors.StateError)
+    assert "Fenced" in (errors.__doc__ or "") and "StateUnavailable" in (errors.__doc__ or "")
 
 
 def test_value_errors_stay_value_errors() -> None:

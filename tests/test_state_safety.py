@@ -17,6 +17,7 @@ import pytest
 
 from harness import World, make_config, running
 from sidecar import cli
+from sidecar import state as state_module
 from sidecar.app import Sidecar
 from sidecar.config import parse_config
 from sidecar.state import (
@@ -26,9 +27,9 @@ from sidecar.state import (
     State,
     StateError,
     StateWriteError,
-    _Rows,
 )
 from sidecar.testing.recorder import CallbackRecorder
+from sidecar.writes import Rows
 
 
 def digest(path: Path) -> str:
@@ -136,15 +137,15 @@ async def test_transient_write_failure_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: the first failure failed every waiter with a StateError (exit 78)."""
-    real = _Rows.write
+    real = state_module.write_sqlite
     failures = [sqlite3.OperationalError("database or disk is full")] * 2
 
-    def write(self: _Rows, conn: sqlite3.Connection) -> None:
+    def write(conn: sqlite3.Connection, rows: Rows) -> None:
         if failures:
             raise failures.pop()
-        real(self, conn)
+        real(conn, rows)
 
-    monkeypatch.setattr(_Rows, "write", write)
+    monkeypatch.setattr(state_module, "write_sqlite", write)
     state = State(tmp_path)
     state.open()
     state.start_writer()
@@ -160,10 +161,10 @@ async def test_transient_write_failure_is_retried(
 async def test_persistent_write_failure_is_given_up_and_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def write(self: _Rows, conn: sqlite3.Connection) -> None:
+    def write(conn: sqlite3.Connection, rows: Rows) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(_Rows, "write", write)
+    monkeypatch.setattr(state_module, "write_sqlite", write)
     reported: list[BaseException] = []
     state = State(tmp_path, write_retry_for=0.2)
     state.on_write_failure = reported.append
