@@ -29,6 +29,7 @@ from sidecar.outbox import Outbox
 from sidecar.payload import build_request
 from sidecar.retry import RetryPolicy, retrying
 from sidecar.rules import Context, RuleSet
+from sidecar.runtime import Live, Runtime
 from sidecar.state import Job, Snapshot
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,9 @@ class Dispatcher:
         state: StateBackend,
         outbox: Outbox,
         metrics: Metrics,
-        rules: RuleSet,
+        live: Live,
         me: User,
         snapshot: Snapshot,
-        catch_up_window: float,
         retry_base: float = 0.25,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -77,9 +77,11 @@ class Dispatcher:
         self.state = state
         self.outbox = outbox
         self.metrics = metrics
-        self.rules = rules  # replaced on reload
+        self._live = live
+        # The runtime of the current step (one event, one catch-up): pinned at its start, so
+        # that a reload meanwhile applies from the next step (see sidecar.runtime).
+        self._step: Runtime = live.runtime
         self.me = me
-        self.catch_up_window = catch_up_window  # replaced on reload
         self._retry = retry or lookup_policy(retry_base)
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors
@@ -119,8 +121,20 @@ class Dispatcher:
             del self._seen[k]
         self.state.prune_seen(horizon)
 
+    @property
+    def rules(self) -> RuleSet:
+        """The rules of the current step."""
+        return self._step.rules
+
+    @property
+    def catch_up_window(self) -> float:
+        """The catch-up window (seconds) of the current step."""
+        return self._step.catch_up_window
+
     async def dispatch(self, item: Event) -> None:
-        """Process one event from the websocket (in order; the caller awaits each)."""
+        """Process one event from the websocket (in order; the caller awaits each), matched
+        with the runtime current when it starts."""
+        self._step = self._live.runtime
         if isinstance(item, ChannelUpdated):
             self.rest.forget_channel(item.channel_id)
             return
@@ -183,6 +197,7 @@ class Dispatcher:
         what: str,
     ) -> int:
         started = time.monotonic()
+        self._step = self._live.runtime  # one catch-up, one runtime
 
         def collect_now() -> Awaitable[CatchUp]:
             # The window is measured on the server's clock, as are the posts' timestamps.

@@ -60,7 +60,7 @@ class HighAvailability:
     def readiness(self) -> tuple[bool, str]:
         """``(True, "active")``, ``(True, "standby")``, or 503 with the reason."""
         if self.lease.active:
-            if not self.app.gateway.connected:
+            if self.app.pipeline is None or not self.app.pipeline.gateway.connected:
                 return False, "active: websocket not connected"
             return True, "active"
         if not self.reachable:
@@ -147,8 +147,7 @@ class HighAvailability:
             len(snapshot.jobs),
         )
         self._status(f"active (epoch {epoch})")
-        self.app.gateway = self.app._new_gateway()
-        await self.app.begin(snapshot)
+        await self.app.begin(snapshot)  # a new pipeline for this term; dropped when it ends
         checker = asyncio.create_task(self._check(), name="lease-check")
         try:
             await self.app.serve_term(stop)

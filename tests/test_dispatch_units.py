@@ -14,6 +14,7 @@ from sidecar.events import Posted
 from sidecar.models import Post
 from sidecar.retry import NO_WAIT
 from sidecar.rules import RuleSet
+from sidecar.runtime import Live, Runtime
 
 NOW = 1_800_000_000_000
 
@@ -25,10 +26,9 @@ def dispatcher(rest: FakeRest, state: FakeState, outbox: RecordingOutbox) -> Dis
         state=cast(Any, state),
         outbox=cast(Any, outbox),
         metrics=metrics(),
-        rules=RuleSet(cfg.webhooks, bot_user_id=BOT.id),
+        live=Live(Runtime.build(cfg, bot_user_id=BOT.id)),
         me=BOT,
         snapshot=state.snapshot(),
-        catch_up_window=cfg.sidecar.catch_up_window,
         retry=NO_WAIT,
     )
 
