@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 from sidecar.backend import StateBackend
-from sidecar.catchup import CatchUp, collect, edit_key, reaction_key
+from sidecar.catchup import edit_key, reaction_key
+from sidecar.catchup_runner import CatchUpRunner
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT
 from sidecar.events import ChannelUpdated, Event, Posted, PostEdited, ReactionAdded, UserUpdated
@@ -27,7 +28,8 @@ from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
 from sidecar.outbox import Outbox
 from sidecar.payload import build_request
-from sidecar.retry import RetryPolicy, retrying
+from sidecar.resolve import Resolver
+from sidecar.retry import RetryPolicy
 from sidecar.rules import Context, RuleSet
 from sidecar.runtime import Live, Runtime
 from sidecar.state import Job, Snapshot
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LOOKUP_ATTEMPTS = 4  # quiet retries of a lookup before each further retry is logged
 RETRY_CAP = 30.0  # seconds: the longest wait between two tries of a lookup or a catch-up
 POSITION_KEY = ""  # the cursor row holding where processing began (no channel has this id)
 
@@ -83,6 +84,8 @@ class Dispatcher:
         self._step: Runtime = live.runtime
         self.me = me
         self._retry = retry or lookup_policy(retry_base)
+        self._resolve = Resolver(rest, self._retry)
+        self._catching_up = CatchUpRunner(rest, self._retry, metrics)
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors
         # Where processing began (server time): the cursor of every channel without its own.
@@ -199,30 +202,15 @@ class Dispatcher:
         started = time.monotonic()
         self._step = self._live.runtime  # one catch-up, one runtime
 
-        def collect_now() -> Awaitable[CatchUp]:
-            # The window is measured on the server's clock, as are the posts' timestamps.
-            window_start = self.server_now() - int(self.catch_up_window * 1000)
-            return collect(
-                self.rest,
-                self.rules,
-                cursors=cursors,
-                default_cursor=default,
-                window_start=window_start,
-                seen=self._seen,
-                channels=channels,
-            )
-
-        def failed(exc: MattermostError, _attempts: int, delay: float) -> None:
-            log.error("catch-up%s failed: %s; trying again in %.1f s", what, exc, delay)
-
-        # A catch-up that fails is tried again (the dispatcher waits: later events must not
-        # move the cursors past what is still missing), until it works or we stop.
-        try:
-            found = await retrying(collect_now, self._retry, on_retry=failed)
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
+        found = await self._catching_up.collect(
+            self._step,
+            cursors=cursors,
+            default=default,
+            seen=self._seen,
+            channels=channels,
+            what=what,
+        )
+        if found is None:
             return 0
         for event, post, channel, team, reaction in found.items:
             if reaction is not None and reaction.user_id == self.me.id:
@@ -231,38 +219,8 @@ class Dispatcher:
             await self._post_event(
                 event, post, actor, channel=channel, team=team, reaction=reaction
             )
-        self.metrics.caught_up_posts.inc(len(found.items))
-        if found.skipped_old:
-            log.warning(
-                "catch-up skipped %d posts older than catch_up_window (%.0f s)",
-                found.skipped_old,
-                self.catch_up_window,
-            )
-        log.info(
-            "caught up%s: %d channels, %d posts fetched, %d processed, %d skipped as too old, "
-            "in %.2f s",
-            what,
-            found.channels,
-            found.fetched,
-            len(found.items),
-            found.skipped_old,
-            time.monotonic() - started,
-        )
+        self._catching_up.report(found, self._step, what, started)
         return len(found.items)
-
-    async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
-        """A cached REST lookup, retried for as long as the server's failure is temporary.
-
-        Skipping the event instead would lose it for good: the next post of the channel
-        moves its cursor past it. The dispatcher waits; the websocket reader goes on
-        queueing until the queue (QUEUE_SIZE) is full.
-        """
-
-        def failed(exc: MattermostError, attempts: int, delay: float) -> None:
-            if attempts >= LOOKUP_ATTEMPTS:
-                log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
-
-        return await retrying(lambda: fn(arg), self._retry, on_retry=failed)
 
     async def _post_event(
         self,
@@ -294,15 +252,7 @@ class Dispatcher:
         if key in self._seen:
             return
         try:
-            if channel is None:
-                channel = await self._lookup(self.rest.channel, post.channel_id)
-            if team is None and channel.team_id:
-                team = self.rest.cached_team(channel.team_id) or await self._lookup(
-                    self.rest.team, channel.team_id
-                )
-            actor = self.rest.cached_user(actor_id)
-            if actor is None:
-                actor = await self._lookup(self.rest.user, actor_id)
+            channel, team, actor = await self._resolve.context(post, actor_id, channel, team)
         except Unauthorized:
             raise
         except MattermostError as exc:
@@ -317,7 +267,7 @@ class Dispatcher:
         if reaction.user_id == self.me.id or not self.rules.listens_for("reaction_added"):
             return
         try:
-            post = await self._lookup(self.rest.post, reaction.post_id)
+            post = await self._resolve.post(reaction.post_id)
         except Unauthorized:
             raise
         except MattermostError as exc:
