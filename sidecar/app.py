@@ -52,14 +52,19 @@ class Session:
 class Sidecar:
     """The daemon. Owns every task it starts.
 
-    ``config`` is what the process was started (or last reloaded) with; running code reads
-    only the session's ``live.runtime``. ``pipeline`` exists while this replica is active.
+    ``boot`` is the config the process started with (server URL, token, listen address,
+    state: what only a restart applies); ``config`` the current one, which once logged in is
+    the session's ``live.runtime.config``: the running parts read only ``live.runtime``.
+    ``pipeline`` exists while this replica is active.
     """
 
     def __init__(
         self, config: Config, *, tuning: Tuning = DEFAULT_TUNING, notifier: Notifier | None = None
     ) -> None:
-        self.config = config
+        self.boot = config  # what the process started with: the keys only a restart applies
+        self._config = config  # until logged in; then the session's runtime holds it
+        self.session: Session | None = None  # once logged in
+        self.pipeline: Pipeline | None = None  # while active
         self._tuning = tuning
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics(__version__)
@@ -88,8 +93,6 @@ class Sidecar:
             user_agent=USER_AGENT,
         )
         self.health: HealthServer | None = None  # None when [sidecar] listen = ""
-        self.session: Session | None = None  # once logged in
-        self.pipeline: Pipeline | None = None  # while active
         self._deposed = False  # (HA) the lease was lost: the current term ends, not the process
         self._ready_once = False
         self._stopping = False
@@ -99,6 +102,11 @@ class Sidecar:
 
     def __repr__(self) -> str:
         return f"Sidecar({self.config.mattermost.url!r}, {len(self.config.webhooks)} webhooks)"
+
+    @property
+    def config(self) -> Config:
+        """The current config: the current runtime's once logged in (one reference)."""
+        return self.session.live.runtime.config if self.session is not None else self._config
 
     @property
     def gateway(self) -> Gateway:
@@ -126,7 +134,7 @@ class Sidecar:
         snapshot = None if self.ha else await asyncio.to_thread(self.state.open)
         self._state_open = True
         self.state.start_writer()
-        self.session = await self.connect()
+        await self.connect()
         if snapshot is not None:
             await self.begin(snapshot)
 
@@ -135,13 +143,14 @@ class Sidecar:
         health server. With HA, the shared state is read only at a takeover (``begin``)."""
         await self.rest.start()
         me = await self._login()
-        log.info("logged in to %s as @%s", self.config.mattermost.url, me.username)
+        log.info("logged in to %s as @%s", self.boot.mattermost.url, me.username)
         session = Session(me, Live(Runtime.build(self.config, bot_user_id=me.id)))
+        self.session = session  # from here on a reload swaps the runtime
         await run_startup_checks(self.rest, self.config)
         await self.callbacks.start()
         self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
-        if self.config.sidecar.listen:
-            self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
+        if self.boot.sidecar.listen:
+            self.health = HealthServer(self.boot.sidecar.listen, self.metrics, self.readiness)
             await self.health.start()
         return session
 
@@ -173,7 +182,7 @@ class Sidecar:
             me=self.session.me,
             live=self.session.live,
             snapshot=snapshot,
-            config=self.config,
+            config=self.boot,
             tuning=self._tuning,
             state=self.state,
             rest=self.rest,
@@ -271,10 +280,11 @@ class Sidecar:
         self.notifier.reloading()
         for line in restart_warnings(self.config, config):
             log.warning("%s", line)
-        self.config = config
         if self.session is not None:
             runtime = Runtime.build(config, bot_user_id=self.session.me.id)
             self.session.live.runtime = runtime  # the swap
+        else:  # not logged in yet: connect() builds the runtime of this one
+            self._config = config
         self.metrics.retain_webhooks([w.name for w in config.webhooks])
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded: %d webhooks", len(config.webhooks))

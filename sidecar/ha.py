@@ -41,7 +41,7 @@ class HighAvailability:
         self.state: PgState = app.state
         self.lease = Lease(
             self.state.target,
-            check_interval=app.config.sidecar.lease_check_interval,
+            check_interval=app.boot.sidecar.lease_check_interval,
             check_timeout=CHECK_TIMEOUT,
         )
         reg = app.metrics.registry
@@ -53,6 +53,7 @@ class HighAvailability:
         )
         self.reachable = True  # PostgreSQL answered the last attempt
         self._schema_ready = False
+        self.tries = 0  # finished tries for the lease
         self._announced = False
 
     # -- roles -------------------------------------------------------------------------------
@@ -98,7 +99,9 @@ class HighAvailability:
         while not stop.is_set():
             if interval:
                 self.app.notifier.watchdog()  # a standby is healthy
-            if await self._try():
+            won = await self._try()
+            self.tries += 1  # tests wait on it: a standby has tried (and failed) at least once
+            if won:
                 return True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.lease.check_interval)

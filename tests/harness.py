@@ -181,8 +181,15 @@ async def running(config: Config, *, tuning: Tuning = FAST) -> AsyncIterator[Sid
             if task.done():
                 task.result()
             # The dispatcher took the first Connected item (it sets the gauge, then handles
-            # the gap: on a first start without waiting for anything).
-            await wait_until(lambda: connected(app), what="first connection processed")
+            # the gap: on a first start without waiting for anything). A standby (HA) holds
+            # no pipeline and no connection.
+            await wait_until(
+                lambda: (
+                    connected(app)
+                    or (app.ha is not None and app.ha.tries > 0 and not app.ha.lease.active)
+                ),
+                what="first connection processed (or a standby)",
+            )
             yield app
         finally:
             stop.set()

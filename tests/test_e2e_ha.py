@@ -64,7 +64,8 @@ async def test_the_standby_takes_over_when_the_active_session_dies(
         await wait_until(lambda: roles([a]) == ["active"], what="a active and connected")
         async with running(configs[1]) as b:
             assert roles([a, b]) == ["active", "standby"]
-            assert b.ha.lease.backend_pid is not None and b.pipeline is None
+            await wait_until(lambda: b.ha.lease.backend_pid is not None, what="b tries the lease")
+            assert b.pipeline is None
             texts = [f"msg {i}" for i in range(40)]
             for text in texts[:20]:
                 world.mm.post(world.alice["id"], world.dev["id"], text)
