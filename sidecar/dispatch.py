@@ -30,7 +30,7 @@ from sidecar.outbox import Outbox
 from sidecar.payload import build_request
 from sidecar.resolve import Resolver
 from sidecar.retry import RetryPolicy
-from sidecar.rules import Context, RuleSet
+from sidecar.rules import Context, Match, RuleSet
 from sidecar.runtime import Live, Runtime
 from sidecar.state import Job, Snapshot
 
@@ -308,22 +308,7 @@ class Dispatcher:
                 match.trigger_word,
                 _excerpt(post.message),
             )
-            request = build_request(match, ctx, user_agent=USER_AGENT)
-            for i, url in enumerate(webhook.callback_urls):
-                jobs.append(
-                    Job(
-                        id=f"{request.webhook_id}/{i}",
-                        webhook=webhook.name,
-                        url=url,
-                        webhook_id=request.webhook_id,
-                        body=request.body,
-                        content_type=request.content_type,
-                        event=ctx.event,
-                        post_id=post.id,
-                        channel_id=post.channel_id,
-                        root_id=post.root_id,
-                    )
-                )
+            jobs.extend(jobs_for(match, ctx))
         # Server timestamps: a key is kept for catch_up_window after the event it stands for.
         at = max(post.create_at, post.edit_at, ctx.reaction.create_at if ctx.reaction else 0)
         self._seen[key] = at
@@ -335,3 +320,24 @@ class Dispatcher:
         committed = self.state.record(jobs, post.channel_id, cursor, [key], at)
         if jobs:
             self.outbox.submit(jobs, committed)
+
+
+def jobs_for(match: Match, ctx: Context) -> list[Job]:
+    """One job per callback URL of the matched webhook, all with the same request (pure)."""
+    request = build_request(match, ctx, user_agent=USER_AGENT)
+    post = ctx.post
+    return [
+        Job(
+            id=f"{request.webhook_id}/{i}",
+            webhook=match.webhook.name,
+            url=url,
+            webhook_id=request.webhook_id,
+            body=request.body,
+            content_type=request.content_type,
+            event=ctx.event,
+            post_id=post.id,
+            channel_id=post.channel_id,
+            root_id=post.root_id,
+        )
+        for i, url in enumerate(match.webhook.callback_urls)
+    ]

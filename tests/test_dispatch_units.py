@@ -143,3 +143,39 @@ async def test_catch_up_retries_a_temporary_failure_then_processes_what_it_found
     assert await d.catch_up() == 1
     assert rest.calls.count("posts_since") == 2
     assert [j.post_id for j in outbox.jobs] == [post(1).id]
+
+
+class ReloadingRest(FakeRest):
+    """Swaps ``live.runtime`` for ``then`` during the first channel lookup (a SIGHUP then)."""
+
+    def __init__(self, live: Live, then: Runtime) -> None:
+        super().__init__()
+        self.live, self.then = live, then
+
+    async def channel(self, channel_id: str) -> Any:
+        if self.live.runtime is not self.then:
+            self.live.runtime = self.then
+        return await super().channel(channel_id)
+
+
+async def test_an_event_is_matched_with_the_runtime_current_when_it_started() -> None:
+    state, outbox = FakeState(), RecordingOutbox()
+    state.cursors[CHANNEL.id] = NOW - 1
+    live = Live(Runtime.build(config(), bot_user_id=BOT.id))
+    elsewhere = Runtime.build(config(channels=["elsewhere"]), bot_user_id=BOT.id)
+    rest = ReloadingRest(live, elsewhere)
+    d = Dispatcher(
+        rest=cast(Any, rest),
+        state=cast(Any, state),
+        outbox=cast(Any, outbox),
+        metrics=metrics(),
+        live=live,
+        me=BOT,
+        snapshot=state.snapshot(),
+        retry=NO_WAIT,
+    )
+    await d.dispatch(posted(post(1)))  # the reload lands during its channel lookup
+    assert live.runtime is elsewhere
+    assert len(outbox.jobs) == 1  # matched with the rules it started with
+    await d.dispatch(posted(post(2)))  # the next event: the new rules (not this channel)
+    assert len(outbox.jobs) == 1
