@@ -24,7 +24,8 @@ import pytest
 
 from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
-from sidecar.dispatch import LOOKUP_ATTEMPTS, POSITION_KEY
+from sidecar.dispatch import POSITION_KEY
+from sidecar.resolve import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
 from sidecar.state import State
 from sidecar.testing.emulator import Emulator
