@@ -25,8 +25,8 @@ import pytest
 from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.dispatch import POSITION_KEY
-from sidecar.resolve import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
+from sidecar.resolve import LOOKUP_ATTEMPTS
 from sidecar.state import State
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import ApiError, Post
