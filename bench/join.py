@@ -81,7 +81,12 @@ async def measure(channels: int) -> dict[str, object]:
                 start_s = time.perf_counter() - started
                 start_calls = len(mm.rest_calls)
                 task = asyncio.create_task(app.serve(stop))
-                await _until(lambda: app.joins_caught_up >= 1 or task.done())
+                await _until(
+                    lambda: (
+                        (app.pipeline is not None and app.pipeline.joins_caught_up >= 1)
+                        or task.done()
+                    )
+                )
                 caught_up_s = time.perf_counter() - started
                 caught_up_calls = len(mm.rest_calls)
                 posted = time.perf_counter()

@@ -1,78 +1,73 @@
 """Wiring and lifecycle: websocket frame → event → match → delivery → reply.
 
-``async with Sidecar(config) as app: await app.serve(stop)``. The constructor does no I/O;
-``start`` opens the state, logs in, starts the HTTP clients and resumes unfinished jobs;
-``serve`` runs the named tasks (gateway, dispatcher, housekeeping) until ``stop`` is set or a
-fatal error happens, then drains. The gateway only enqueues; the dispatcher resolves each
-event (cached lookups), matches it, writes the jobs and hands them to the outbox, so the
-websocket reader never waits for a callback or the disk.
+``async with Sidecar(config) as app: await app.serve(stop)``. The constructor does no I/O. The
+life is named phases, as uvicorn's server:
+
+- ``start``: open the state, ``connect`` (log in, build the ``Runtime``, run the start-up
+  checks, start the HTTP clients and the health server), then ``begin``: build the pipeline
+  (``sidecar.pipeline``) from the state's snapshot and resume its unfinished jobs;
+- ``serve``: the pipeline's main loop until ``stop`` is set or a fatal error happens, then its
+  shutdown phases (stop reading → drain);
+- ``close``: flush and close the state, close the clients.
+
+With HA (``sidecar.ha``) a standby holds no pipeline; each takeover ``begin``s one and a
+deposed term tears it down. A reload swaps the runtime in one assignment (``sidecar.runtime``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar import __version__
 from sidecar.backend import Fenced, StateBackend, postgres_backend
-from sidecar.config import Config, WebhookConfig
+from sidecar.config import Config
 from sidecar.delivery import USER_AGENT, CallbackClient
-from sidecar.dispatch import Dispatcher
-from sidecar.events import ChannelOpened, MemberAdded
-from sidecar.gateway import Connected, Gateway, Item, Link, Status
+from sidecar.gateway import Gateway, Link, Status
 from sidecar.health import HealthServer, Metrics
-from sidecar.history import Retention
-from sidecar.join import Joined, Joiner
-from sidecar.mattermost import MattermostError, RestClient, Unauthorized
-from sidecar.models import Channel, User
-from sidecar.names import check_teams, check_users
+from sidecar.mattermost import MattermostError, RestClient
+from sidecar.models import User
 from sidecar.notify import Notifier
-from sidecar.outbox import Outbox
-from sidecar.redelivery import HistoryKeeper
-from sidecar.reply import ReplySettings
+from sidecar.pipeline import DEFAULT_TUNING, Pipeline, Tuning, build_pipeline
 from sidecar.retry import RetryPolicy, retrying
-from sidecar.rules import RuleSet
+from sidecar.runtime import Live, Runtime, restart_warnings
+from sidecar.startup_checks import check_channels, run_startup_checks
 from sidecar.state import Snapshot, State, StateError
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 10_000
-# [mattermost] keys a reload cannot apply (the token also when it comes from token_file).
-RESTART_MATTERMOST_KEYS = ("url", "token", "verify_tls")
+__all__ = ["Session", "Sidecar", "Tuning"]
 
 
 @dataclass(frozen=True, slots=True)
-class Tuning:
-    """Timings that tests shorten; the defaults are the production ones."""
+class Session:
+    """What logging in gives: the bot user and the one reference to the current runtime."""
 
-    ping_interval: float = 30.0
-    pong_timeout: float = 20.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    retry_base: float = 0.25  # first wait before a failed lookup or catch-up is tried again
-    history_poll: float = 1.0  # seconds between looks for redeliveries queued by the CLI
-    history_prune_every: float = 600.0
+    me: User
+    live: Live
 
 
 class Sidecar:
-    """The daemon. Owns every task it starts."""
+    """The daemon. Owns every task it starts.
+
+    ``boot`` is the config the process started with (server URL, token, listen address,
+    state: what only a restart applies); ``config`` the current one, which once logged in is
+    the session's ``live.runtime.config``: the running parts read only ``live.runtime``.
+    ``pipeline`` exists while this replica is active.
+    """
 
     def __init__(
-        self,
-        config: Config,
-        *,
-        tuning: Tuning = Tuning(),
-        notifier: Notifier | None = None,
+        self, config: Config, *, tuning: Tuning = DEFAULT_TUNING, notifier: Notifier | None = None
     ) -> None:
-        self.config = config
+        self.boot = config  # what the process started with: the keys only a restart applies
+        self._config = config  # until logged in; then the session's runtime holds it
+        self.session: Session | None = None  # once logged in
+        self.pipeline: Pipeline | None = None  # while active
         self._tuning = tuning
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics(__version__)
-        # -- HA (issue 13): with state_url, the state is shared and a lease picks the active one.
         self.state: StateBackend = State(config.sidecar.state_dir)
         self.ha: Any = None  # sidecar.ha.HighAvailability when state_url is set
         if config.sidecar.state_url:
@@ -84,8 +79,6 @@ class Sidecar:
                 password_file=config.sidecar.state_password_file,
             )
             self.ha = HighAvailability(self)
-        self._deposed = False  # the lease was lost: the current term ends, not the process
-        # -- end HA
         self.state.on_write_failure = self._set_fatal  # commits kept failing: exit 1
         self.rest = RestClient(
             config.mattermost.url,
@@ -99,44 +92,30 @@ class Sidecar:
             ),
             user_agent=USER_AGENT,
         )
-        self._queue: asyncio.Queue[Item | Joined | None] = asyncio.Queue(QUEUE_SIZE)
-        self.gateway = self._new_gateway()
-        self.health: HealthServer | None = None
-        self.me = User(id="", username="")
-        self.rules = RuleSet(config.webhooks, bot_user_id="")
-        self._webhooks = {w.name: w for w in config.webhooks}
-        self.outbox: Outbox | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.history: HistoryKeeper | None = None
-        self.joiner: Joiner | None = None
-        self.joins_caught_up = 0  # Joined items the dispatcher finished (tests wait on it)
+        self.health: HealthServer | None = None  # None when [sidecar] listen = ""
+        self._deposed = False  # (HA) the lease was lost: the current term ends, not the process
         self._ready_once = False
         self._stopping = False
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
-        self._started = False
-
-    def _new_gateway(self) -> Gateway:
-        """A websocket client feeding a new queue (one per active term with HA)."""
-        self._queue = asyncio.Queue(QUEUE_SIZE)
-        t = self._tuning
-        return Gateway(
-            self.config.mattermost.url,
-            self.config.mattermost.token,
-            self._queue.put,
-            ping_interval=t.ping_interval,
-            pong_timeout=t.pong_timeout,
-            backoff_base=t.backoff_base,
-            backoff_cap=t.backoff_cap,
-            user_agent=USER_AGENT,
-            on_status=self._status,
-            check_auth=self._check_token,
-        )
+        self._state_open = False
 
     def __repr__(self) -> str:
         return f"Sidecar({self.config.mattermost.url!r}, {len(self.config.webhooks)} webhooks)"
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        """The current config: the current runtime's once logged in (one reference)."""
+        return self.session.live.runtime.config if self.session is not None else self._config
+
+    @property
+    def gateway(self) -> Gateway:
+        """The active pipeline's websocket client."""
+        if self.pipeline is None:
+            raise RuntimeError("no pipeline: not started, or a standby")
+        return self.pipeline.gateway
+
+    # -- startup -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Sidecar:
         try:
@@ -151,72 +130,29 @@ class Sidecar:
         await self.close()
 
     async def start(self) -> None:
-        """Open state, log in, start clients and the health server, resume the outbox.
-
-        With HA the shared state is read, and the outbox resumed, only when this replica
-        becomes the active one (``sidecar.ha``).
-        """
+        """Open the state, connect, and (without HA) build the pipeline."""
         snapshot = None if self.ha else await asyncio.to_thread(self.state.open)
-        self._started = True
+        self._state_open = True
         self.state.start_writer()
-        await self.rest.start()
-        self.me = await self._login()
-        log.info("logged in to %s as @%s", self.config.mattermost.url, self.me.username)
-        self.rules = RuleSet(self.config.webhooks, bot_user_id=self.me.id)
-        await self._check_server_settings()
-        await check_teams(self.rest, self.config.webhooks)
-        await check_users(self.rest, self.config.webhooks)
-        await self.callbacks.start()
-        self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
-        if self.config.sidecar.listen:
-            self.health = HealthServer(self.config.sidecar.listen, self.metrics, self.readiness)
-            await self.health.start()
+        await self.connect()
         if snapshot is not None:
             await self.begin(snapshot)
 
-    async def begin(self, snapshot: Snapshot) -> None:
-        """Build the outbox, the dispatcher, the history keeper and the joiner from
-        ``snapshot``; join channels; resume its jobs. With HA only the active replica runs
-        this (at each takeover): a standby neither joins channels nor claims redeliveries."""
-        self.outbox = Outbox(
-            state=self.state,
-            callbacks=self.callbacks,
-            rest=self.rest,
-            metrics=self.metrics,
-            webhook=self._webhooks.get,
-            reply_settings=self._reply_settings,
-            max_in_flight=self.config.sidecar.max_in_flight,
-            on_fatal=self._set_fatal,
-            webhook_by_url=self._webhook_by_url,
-        )
-        self.dispatcher = Dispatcher(
-            rest=self.rest,
-            state=self.state,
-            outbox=self.outbox,
-            metrics=self.metrics,
-            rules=self.rules,
-            me=self.me,
-            snapshot=snapshot,
-            catch_up_window=self.config.sidecar.catch_up_window,
-            retry_base=self._tuning.retry_base,
-        )
-        self.history = HistoryKeeper(
-            state=self.state,
-            outbox=self.outbox,
-            metrics=self.metrics,
-            retention=self._retention,
-            poll_interval=self._tuning.history_poll,
-            prune_every=self._tuning.history_prune_every,
-        )
-        # Public channels first, so that the check below sees the channels just joined.
-        self.joiner = self._make_joiner(self.dispatcher)
-        await self.joiner.start()
-        await self._check_channels()
-        if snapshot.jobs:
-            log.info("resuming %d unfinished deliveries from the outbox", len(snapshot.jobs))
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            self.outbox.submit(snapshot.jobs, done)
+    async def connect(self) -> Session:
+        """Log in, build the runtime, run the start-up checks, start the clients and the
+        health server. With HA, the shared state is read only at a takeover (``begin``)."""
+        await self.rest.start()
+        me = await self._login()
+        log.info("logged in to %s as @%s", self.boot.mattermost.url, me.username)
+        session = Session(me, Live(Runtime.build(self.config, bot_user_id=me.id)))
+        self.session = session  # from here on a reload swaps the runtime
+        await run_startup_checks(self.rest, self.config)
+        await self.callbacks.start()
+        self.metrics.retain_webhooks([w.name for w in self.config.webhooks])
+        if self.boot.sidecar.listen:
+            self.health = HealthServer(self.boot.sidecar.listen, self.metrics, self.readiness)
+            await self.health.start()
+        return session
 
     async def _login(self) -> User:
         """``/users/me``, retried while the server is unreachable or failing (5xx, 429).
@@ -236,17 +172,39 @@ class Sidecar:
 
         return await retrying(self.rest.me, policy, on_retry=failed)
 
-    async def close(self) -> None:
-        """Release everything ``start`` opened (idempotent)."""
-        if self.health is not None:
-            await self.health.stop()
-            self.health = None
-        await self.callbacks.close()
-        await self.rest.close()
-        if self._started:
-            await self.state.close()
-            self._started = False
-        self.notifier.close()
+    async def begin(self, snapshot: Snapshot) -> Pipeline:
+        """Build the pipeline from ``snapshot``, join channels, resume its jobs. With HA only
+        the active replica runs this (at each takeover): a standby neither joins channels nor
+        claims redeliveries."""
+        if self.session is None:
+            raise RuntimeError("connect() first")
+        pipeline = build_pipeline(
+            me=self.session.me,
+            live=self.session.live,
+            snapshot=snapshot,
+            config=self.boot,
+            tuning=self._tuning,
+            state=self.state,
+            rest=self.rest,
+            callbacks=self.callbacks,
+            metrics=self.metrics,
+            notifier=self.notifier,
+            on_status=self._status,
+            on_fatal=self._set_fatal,
+            on_connected=self._connected,
+        )
+        self.pipeline = pipeline
+        # Public channels first, so that the check below sees the channels just joined.
+        await pipeline.joiner.start()
+        await check_channels(self.rest, self.session.live.runtime.config.webhooks)
+        if snapshot.jobs:
+            log.info("resuming %d unfinished deliveries from the outbox", len(snapshot.jobs))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            pipeline.outbox.submit(snapshot.jobs, done)
+        return pipeline
+
+    # -- main loop ---------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain. Raises Unauthorized if the token is refused."""
@@ -256,63 +214,25 @@ class Sidecar:
             await self.serve_term(stop)
 
     async def serve_term(self, stop: asyncio.Event) -> None:
-        """Read the websocket and deliver until ``stop`` (or, with HA, the lease is lost)."""
-        assert self.outbox is not None and self.history is not None, "start() first"
+        """Run the pipeline until ``stop`` (or, with HA, the lease is lost), then shut it down
+        and drop it."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            raise RuntimeError("begin() first")
         self._deposed = False
         self._fatal_event.clear()
-        gateway_stop = asyncio.Event()
-        tasks = {
-            asyncio.create_task(self.gateway.run(gateway_stop), name="gateway"),
-            asyncio.create_task(self._dispatcher(), name="dispatcher"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-            asyncio.create_task(self.history.run(), name="history"),
-        }
-        if self.joiner is not None:
-            tasks.add(asyncio.create_task(self.joiner.run(), name="joiner"))
-        waiters = {
-            asyncio.create_task(stop.wait(), name="stop-signal"),
-            asyncio.create_task(self._fatal_event.wait(), name="fatal"),
-        }
         try:
-            done, _ = await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & tasks:
-                if task.exception() is not None:
-                    self._set_fatal(task.exception())  # type: ignore[arg-type]
+            failed = await pipeline.main_loop(stop, self._fatal_event)
+            if failed is not None:
+                self._set_fatal(failed)
         finally:
             # Deposed (HA): stop reading and delivering at once; the new active resumes.
             grace = 0.0 if self._deposed else self.config.sidecar.shutdown_timeout
             if not self._deposed:
                 self._stopping = True
                 self.notifier.stopping()
-            gateway_stop.set()
-            await self.gateway.close()
-            for w in waiters:
-                w.cancel()
-            gateway = next(t for t in tasks if t.get_name() == "gateway")
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(gateway, 5)
-            # Let the dispatcher finish what was already received (no network but lookups).
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
-            dispatcher = next(t for t in tasks if t.get_name() == "dispatcher")
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(dispatcher, grace)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            in_flight = self.outbox.depth
-            left = await self.outbox.drain(grace)
-            c = self.outbox.counters
-            log.info(
-                "stopped: %d delivered, %d failed, %d replies; %d of %d in-flight jobs finished, "
-                "%d left in the outbox for the next start",
-                c.delivered,
-                c.failed,
-                c.replies,
-                in_flight - left,
-                in_flight,
-                left,
-            )
+            await pipeline.shutdown(grace)
+            self.pipeline = None
         if self._fatal is not None:
             raise self._fatal
 
@@ -337,7 +257,7 @@ class Sidecar:
         if self.ha is not None:
             ready: tuple[bool, str] = self.ha.readiness()
             return ready
-        if not self.gateway.connected:
+        if self.pipeline is None or not self.pipeline.gateway.connected:
             return False, "websocket not connected"
         return True, "ready"
 
@@ -347,201 +267,39 @@ class Sidecar:
             self.metrics.connected.set(0)
         self.notifier.status(f"{status}; {len(self.config.webhooks)} webhooks")
 
+    def _connected(self) -> None:
+        if not self._ready_once:
+            self._ready_once = True
+            self.notifier.ready(f"connected; {len(self.config.webhooks)} webhooks")
+
     # -- reload --------------------------------------------------------------------------------
 
     def reload(self, config: Config) -> None:
-        """Swap in a new, already validated config: new rules apply to the next event."""
-        old = self.config
+        """Swap in a new, already validated config: one new ``Runtime``, one assignment; the
+        next event (and each job started from now on) uses it."""
         self.notifier.reloading()
-        # The session and the websocket were opened with these; max_post_size applies at once
-        # (the next reply is split at the new size), as does where the token came from.
-        changed = [
-            key
-            for key in RESTART_MATTERMOST_KEYS
-            if getattr(config.mattermost, key) != getattr(old.mattermost, key)
-        ]
-        if changed:
-            log.warning(
-                "reload: [mattermost] %s take%s effect only after a restart",
-                ", ".join(changed),
-                "s" if len(changed) == 1 else "",
-            )
-        for key in (
-            "state_dir",
-            "listen",
-            "max_in_flight",
-            "allowed_untrusted_internal_connections",
-            "state_url",  # HA: the backend and the lease are chosen at start
-            "state_schema",
-            "state_password_file",
-            "lease_check_interval",
-        ):
-            if getattr(config.sidecar, key) != getattr(old.sidecar, key):
-                log.warning("reload: [sidecar] %s takes effect only after a restart", key)
-        self.rules = RuleSet(config.webhooks, bot_user_id=self.me.id)
-        if self.dispatcher is not None:
-            self.dispatcher.rules = self.rules
-            self.dispatcher.catch_up_window = config.sidecar.catch_up_window
+        for line in restart_warnings(self.config, config):
+            log.warning("%s", line)
+        if self.session is not None:
+            runtime = Runtime.build(config, bot_user_id=self.session.me.id)
+            self.session.live.runtime = runtime  # the swap
+        else:  # not logged in yet: connect() builds the runtime of this one
+            self._config = config
         self.metrics.retain_webhooks([w.name for w in config.webhooks])
-        self._webhooks.clear()
-        self._webhooks.update({w.name: w for w in config.webhooks})
-        self.config = config
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded: %d webhooks", len(config.webhooks))
         self.notifier.ready(f"connected; {len(config.webhooks)} webhooks")
 
-    def _retention(self) -> Retention:
-        s = self.config.sidecar
-        return Retention(s.history_days, s.dead_letter_days, s.history_max_rows)
+    # -- shutdown ------------------------------------------------------------------------------
 
-    def _webhook_by_url(self, url: str) -> WebhookConfig | None:
-        """The (first) webhook that calls ``url``: keeps a renamed webhook's jobs deliverable."""
-        return next((w for w in self.config.webhooks if url in w.callback_urls), None)
-
-    def _reply_settings(self) -> ReplySettings:
-        s = self.config.sidecar
-        return ReplySettings(
-            enable_post_username_override=s.enable_post_username_override,
-            enable_post_icon_override=s.enable_post_icon_override,
-            max_post_size=self.config.mattermost.max_post_size,
-        )
-
-    def _make_joiner(self, dispatcher: Dispatcher) -> Joiner:
-        """Public-channel coverage (sidecar/join.py); reads the live config at each pass."""
-        return Joiner(
-            rest=self.rest,
-            me=self.me,
-            metrics=self.metrics,
-            rules=lambda: self.rules,
-            enabled=lambda: self.config.sidecar.join_public_channels,
-            interval=lambda: self.config.sidecar.join_interval,
-            window=lambda: self.config.sidecar.catch_up_window,
-            floor=lambda: dispatcher.position,
-            submit=self._queue.put,
-        )
-
-    async def _check_channels(self) -> None:
-        """Warn about named channels the bot cannot see, or whose type channel_types excludes.
-
-        (``check`` works offline and cannot know a channel's type; this is its online half.)
-        """
-        if not any(w.channels for w in self.config.webhooks):
-            return
-        seen: dict[str, dict[str, Channel]] = {}
-        try:
-            for team in await self.rest.my_teams():
-                for channel in await self.rest.my_channels(team.id):
-                    for key in (channel.id, channel.name):
-                        seen.setdefault(key, {})[channel.id] = channel
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            log.warning("could not list the bot's channels to check the webhooks: %s", exc)
-            return
-        for w in self.config.webhooks:
-            for name in w.channels:
-                found = seen.get(name)
-                if not found:
-                    log.warning(
-                        "webhook[%d] %s: the bot is not a member of channel %r: it sees no "
-                        "events there until it is added",
-                        w.index,
-                        w.name,
-                        name,
-                    )
-                    continue
-                excluded = [
-                    c
-                    for c in found.values()
-                    if w.channel_types is not None and c.type not in w.channel_types
-                ]
-                for c in excluded:
-                    log.warning(
-                        "webhook[%d] %s: channel %r is of type %s, which its channel_types "
-                        "exclude: it never fires there",
-                        w.index,
-                        w.name,
-                        name,
-                        c.type,
-                    )
-
-    async def _check_server_settings(self) -> None:
-        s = self.config.sidecar
-        if not (s.enable_post_username_override or s.enable_post_icon_override):
-            return
-        try:
-            server = await self.rest.client_config()
-        except MattermostError as exc:
-            log.warning("could not read the server's client config: %s", exc)
-            return
-        for ours, theirs in (
-            (s.enable_post_username_override, "EnablePostUsernameOverride"),
-            (s.enable_post_icon_override, "EnablePostIconOverride"),
-        ):
-            if ours and server.get(theirs) != "true":
-                log.warning(
-                    "the server's %s is off: replies will not show the overridden %s",
-                    theirs,
-                    "username" if "Username" in theirs else "icon",
-                )
-
-    # -- the pipeline ------------------------------------------------------------------------
-
-    async def _dispatcher(self) -> None:
-        """Feeds the dispatcher, one item at a time, in the websocket's order."""
-        assert self.dispatcher is not None
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, Connected):
-                    await self._connected(item)
-                elif isinstance(item, Joined):
-                    await self.dispatcher.catch_up_channels(item.channels)
-                    self.joins_caught_up += 1
-                elif isinstance(item, ChannelOpened | MemberAdded):
-                    if item.channel_id:
-                        self.rest.forget_channel(item.channel_id)  # its type may have changed
-                    if self.joiner is not None:
-                        self.joiner.hint(item)
-                else:
-                    await self.dispatcher.dispatch(item)
-            except Unauthorized:
-                raise
-            except Exception:
-                log.exception("failed to process %s", type(item).__name__)
-
-    async def _connected(self, item: Connected) -> None:
-        assert self.dispatcher is not None
-        self.metrics.connected.set(1)
-        if not self._ready_once:
-            self._ready_once = True
-            self.notifier.ready(f"connected; {len(self.config.webhooks)} webhooks")
-        if item.gap:
-            await self.dispatcher.gap()
-
-    async def _check_token(self) -> None:
-        """Raise Unauthorized if the server no longer accepts the bot token (for the gateway)."""
-        await self.rest.me()
-
-    async def _housekeeping(self) -> None:
-        """Watchdog pings while healthy, and pruning of old processed keys."""
-        interval = self.notifier.watchdog_interval()
-        tick = min(interval, 30.0) if interval else 30.0
-        last_connected = time.monotonic()
-        last_prune = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self.gateway.connected:
-                last_connected = now
-            # Healthy = connected, or reconnecting for less than five minutes.
-            if interval and now - last_connected < 300:
-                self.notifier.watchdog()
-            if now - last_prune > 600:
-                last_prune = now
-                window = int(self.config.sidecar.catch_up_window * 1000)
-                horizon = self.rest.server_now_ms() - window - 60_000  # server time
-                if self.dispatcher is not None:
-                    self.dispatcher.prune(horizon)
+    async def close(self) -> None:
+        """Release everything ``start`` opened (idempotent): flush the state, close."""
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        await self.callbacks.close()
+        await self.rest.close()
+        if self._state_open:
+            await self.state.close()  # flushes the writes still queued
+            self._state_open = False
+        self.notifier.close()

@@ -21,6 +21,9 @@ from sidecar.config import load_config, new_token
 
 log = logging.getLogger(__name__)
 
+# The stages whose log lines the demo prints as its steps.
+STEP_LOGGERS = ("sidecar.app", "sidecar.dispatch", "sidecar.outbox", "sidecar.replies")
+
 SAMPLES: list[tuple[str, str, str]] = [
     # (channel key, user, text)
     ("town", "alice", "#build api"),
@@ -115,7 +118,7 @@ async def demo(*, keep_running: bool = False, stop: asyncio.Event | None = None)
     _print(f"sample CI callback   {cb_url}")
     _print(f"sidecar config       {config_path}")
     handler = _StepPrinter()
-    for name in ("sidecar.app", "sidecar.dispatch", "sidecar.outbox"):
+    for name in STEP_LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger(name).propagate = False
@@ -154,7 +157,7 @@ async def demo(*, keep_running: bool = False, stop: asyncio.Event | None = None)
             stop.set()
             await serving
     finally:
-        for name in ("sidecar.app", "sidecar.dispatch", "sidecar.outbox"):
+        for name in STEP_LOGGERS:
             logging.getLogger(name).removeHandler(handler)
             logging.getLogger(name).propagate = True
         await callback.cleanup()

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 from sidecar.backend import StateBackend
-from sidecar.catchup import CatchUp, collect, edit_key, reaction_key
+from sidecar.catchup import edit_key, reaction_key
+from sidecar.catchup_runner import CatchUpRunner
 from sidecar.config import WebhookConfig
 from sidecar.delivery import USER_AGENT
 from sidecar.events import ChannelUpdated, Event, Posted, PostEdited, ReactionAdded, UserUpdated
@@ -27,15 +28,16 @@ from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
 from sidecar.outbox import Outbox
 from sidecar.payload import build_request
-from sidecar.retry import RetryPolicy, retrying
-from sidecar.rules import Context, RuleSet
+from sidecar.resolve import Resolver
+from sidecar.retry import RetryPolicy
+from sidecar.rules import Context, Match, RuleSet
+from sidecar.runtime import Live, Runtime
 from sidecar.state import Job, Snapshot
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LOOKUP_ATTEMPTS = 4  # quiet retries of a lookup before each further retry is logged
 RETRY_CAP = 30.0  # seconds: the longest wait between two tries of a lookup or a catch-up
 
 
@@ -65,10 +67,9 @@ class Dispatcher:
         state: StateBackend,
         outbox: Outbox,
         metrics: Metrics,
-        rules: RuleSet,
+        live: Live,
         me: User,
         snapshot: Snapshot,
-        catch_up_window: float,
         retry_base: float = 0.25,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -76,10 +77,14 @@ class Dispatcher:
         self.state = state
         self.outbox = outbox
         self.metrics = metrics
-        self.rules = rules  # replaced on reload
+        self._live = live
+        # The runtime of the current step (one event, one catch-up): pinned at its start, so
+        # that a reload meanwhile applies from the next step (see sidecar.runtime).
+        self._step: Runtime = live.runtime
         self.me = me
-        self.catch_up_window = catch_up_window  # replaced on reload
         self._retry = retry or lookup_policy(retry_base)
+        self._resolve = Resolver(rest, self._retry)
+        self._catching_up = CatchUpRunner(rest, self._retry, metrics)
         self._seen = snapshot.seen
         self._fresh = snapshot.fresh and not snapshot.cursors and snapshot.start is None
         # Where processing began (server time): the cursor of every channel without its own.
@@ -117,8 +122,20 @@ class Dispatcher:
             del self._seen[k]
         self.state.prune_seen(horizon)
 
+    @property
+    def rules(self) -> RuleSet:
+        """The rules of the current step."""
+        return self._step.rules
+
+    @property
+    def catch_up_window(self) -> float:
+        """The catch-up window (seconds) of the current step."""
+        return self._step.catch_up_window
+
     async def dispatch(self, item: Event) -> None:
-        """Process one event from the websocket (in order; the caller awaits each)."""
+        """Process one event from the websocket (in order; the caller awaits each), matched
+        with the runtime current when it starts."""
+        self._step = self._live.runtime
         if isinstance(item, ChannelUpdated):
             self.rest.forget_channel(item.channel_id)
             return
@@ -181,31 +198,17 @@ class Dispatcher:
         what: str,
     ) -> int:
         started = time.monotonic()
+        self._step = self._live.runtime  # one catch-up, one runtime
 
-        def collect_now() -> Awaitable[CatchUp]:
-            # The window is measured on the server's clock, as are the posts' timestamps.
-            window_start = self.server_now() - int(self.catch_up_window * 1000)
-            return collect(
-                self.rest,
-                self.rules,
-                cursors=cursors,
-                default_cursor=default,
-                window_start=window_start,
-                seen=self._seen,
-                channels=channels,
-            )
-
-        def failed(exc: MattermostError, _attempts: int, delay: float) -> None:
-            log.error("catch-up%s failed: %s; trying again in %.1f s", what, exc, delay)
-
-        # A catch-up that fails is tried again (the dispatcher waits: later events must not
-        # move the cursors past what is still missing), until it works or we stop.
-        try:
-            found = await retrying(collect_now, self._retry, on_retry=failed)
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            log.error("catch-up%s failed: %s; tried again after the next gap", what, exc)
+        found = await self._catching_up.collect(
+            self._step,
+            cursors=cursors,
+            default=default,
+            seen=self._seen,
+            channels=channels,
+            what=what,
+        )
+        if found is None:
             return 0
         for item in found.items:
             if item.reaction is not None and item.reaction.user_id == self.me.id:
@@ -218,38 +221,8 @@ class Dispatcher:
                 team=item.team,
                 reaction=item.reaction,
             )
-        self.metrics.caught_up_posts.inc(len(found.items))
-        if found.skipped_old:
-            log.warning(
-                "catch-up skipped %d posts older than catch_up_window (%.0f s)",
-                found.skipped_old,
-                self.catch_up_window,
-            )
-        log.info(
-            "caught up%s: %d channels, %d posts fetched, %d processed, %d skipped as too old, "
-            "in %.2f s",
-            what,
-            found.channels,
-            found.fetched,
-            len(found.items),
-            found.skipped_old,
-            time.monotonic() - started,
-        )
+        self._catching_up.report(found, self._step, what, started)
         return len(found.items)
-
-    async def _lookup(self, fn: Callable[[str], Awaitable[T]], arg: str) -> T:
-        """A cached REST lookup, retried for as long as the server's failure is temporary.
-
-        Skipping the event instead would lose it for good: the next post of the channel
-        moves its cursor past it. The dispatcher waits; the websocket reader goes on
-        queueing until the queue (QUEUE_SIZE) is full.
-        """
-
-        def failed(exc: MattermostError, attempts: int, delay: float) -> None:
-            if attempts >= LOOKUP_ATTEMPTS:
-                log.warning("lookup failed: %s; trying again in %.1f s", exc, delay)
-
-        return await retrying(lambda: fn(arg), self._retry, on_retry=failed)
 
     async def _post_event(
         self,
@@ -281,15 +254,7 @@ class Dispatcher:
         if key in self._seen:
             return
         try:
-            if channel is None:
-                channel = await self._lookup(self.rest.channel, post.channel_id)
-            if team is None and channel.team_id:
-                team = self.rest.cached_team(channel.team_id) or await self._lookup(
-                    self.rest.team, channel.team_id
-                )
-            actor = self.rest.cached_user(actor_id)
-            if actor is None:
-                actor = await self._lookup(self.rest.user, actor_id)
+            channel, team, actor = await self._resolve.context(post, actor_id, channel, team)
         except Unauthorized:
             raise
         except MattermostError as exc:
@@ -304,7 +269,7 @@ class Dispatcher:
         if reaction.user_id == self.me.id or not self.rules.listens_for("reaction_added"):
             return
         try:
-            post = await self._lookup(self.rest.post, reaction.post_id)
+            post = await self._resolve.post(reaction.post_id)
         except Unauthorized:
             raise
         except MattermostError as exc:
@@ -345,22 +310,7 @@ class Dispatcher:
                 match.trigger_word,
                 _excerpt(post.message),
             )
-            request = build_request(match, ctx, user_agent=USER_AGENT)
-            for i, url in enumerate(webhook.callback_urls):
-                jobs.append(
-                    Job(
-                        id=f"{request.webhook_id}/{i}",
-                        webhook=webhook.name,
-                        url=url,
-                        webhook_id=request.webhook_id,
-                        body=request.body,
-                        content_type=request.content_type,
-                        event=ctx.event,
-                        post_id=post.id,
-                        channel_id=post.channel_id,
-                        root_id=post.root_id,
-                    )
-                )
+            jobs.extend(jobs_for(match, ctx))
         # Server timestamps: a key is kept for catch_up_window after the event it stands for.
         at = max(post.create_at, post.edit_at, ctx.reaction.create_at if ctx.reaction else 0)
         self._seen[key] = at
@@ -372,3 +322,24 @@ class Dispatcher:
         committed = self.state.record(jobs, post.channel_id, cursor, [key], at)
         if jobs:
             self.outbox.submit(jobs, committed)
+
+
+def jobs_for(match: Match, ctx: Context) -> list[Job]:
+    """One job per callback URL of the matched webhook, all with the same request (pure)."""
+    request = build_request(match, ctx, user_agent=USER_AGENT)
+    post = ctx.post
+    return [
+        Job(
+            id=f"{request.webhook_id}/{i}",
+            webhook=match.webhook.name,
+            url=url,
+            webhook_id=request.webhook_id,
+            body=request.body,
+            content_type=request.content_type,
+            event=ctx.event,
+            post_id=post.id,
+            channel_id=post.channel_id,
+            root_id=post.root_id,
+        )
+        for i, url in enumerate(match.webhook.callback_urls)
+    ]

@@ -41,7 +41,7 @@ class HighAvailability:
         self.state: PgState = app.state
         self.lease = Lease(
             self.state.target,
-            check_interval=app.config.sidecar.lease_check_interval,
+            check_interval=app.boot.sidecar.lease_check_interval,
             check_timeout=CHECK_TIMEOUT,
         )
         reg = app.metrics.registry
@@ -54,6 +54,7 @@ class HighAvailability:
         self.reachable = True  # PostgreSQL answered the last attempt
         self.tries = 0  # attempts at the lease so far (tests wait for the first)
         self._schema_ready = False
+        self.tries = 0  # finished tries for the lease
         self._announced = False
 
     # -- roles -------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ class HighAvailability:
     def readiness(self) -> tuple[bool, str]:
         """``(True, "active")``, ``(True, "standby")``, or 503 with the reason."""
         if self.lease.active:
-            if not self.app.gateway.connected:
+            if self.app.pipeline is None or not self.app.pipeline.gateway.connected:
                 return False, "active: websocket not connected"
             return True, "active"
         if not self.reachable:
@@ -99,7 +100,9 @@ class HighAvailability:
         while not stop.is_set():
             if interval:
                 self.app.notifier.watchdog()  # a standby is healthy
-            if await self._try():
+            won = await self._try()
+            self.tries += 1  # tests wait on it: a standby has tried (and failed) at least once
+            if won:
                 return True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.lease.check_interval)
@@ -149,8 +152,7 @@ class HighAvailability:
             len(snapshot.jobs),
         )
         self._status(f"active (epoch {epoch})")
-        self.app.gateway = self.app._new_gateway()
-        await self.app.begin(snapshot)
+        await self.app.begin(snapshot)  # a new pipeline for this term; dropped when it ends
         checker = asyncio.create_task(self._check(), name="lease-check")
         try:
             await self.app.serve_term(stop)

@@ -10,37 +10,26 @@ here (their rows are already in the outbox), and one slow callback holds only it
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from sidecar import history
 from sidecar.backend import StateBackend
 from sidecar.config import WebhookConfig
 from sidecar.delivery import DELIVERY_RETRY, USER_AGENT, Attempt, Failure
-from sidecar.errors import MattermostError, Unauthorized
 from sidecar.health import Metrics
-from sidecar.models import Post, User
 from sidecar.payload import request_headers, signature_headers
-from sidecar.reply import ReplyError, ReplySettings, build_reply, parse_response, response_user_ids
-from sidecar.retry import RetryPolicy, retrying
+from sidecar.replies import Replier
+from sidecar.retry import RetryPolicy
+from sidecar.runtime import Live, Runtime
 from sidecar.state import Job
 
 log = logging.getLogger(__name__)
-
-REPLY_ATTEMPTS = 6  # posting a reply: 429/5xx/connection errors, then it is given up
-REPLY_RETRY = RetryPolicy(base=0.5, cap=30.0, max_attempts=REPLY_ATTEMPTS)
-"""How posting a reply is retried: full jitter from 0.5 s to 30 s, REPLY_ATTEMPTS in all."""
-PROPS_CHECK_EVERY = 64  # replies between two checks that the server kept the webhook props
-MAX_MENTIONS = 200  # distinct <@ID> looked up per reply (in one POST /users/ids); others stay
-_MENTION = re.compile(r"<@([a-zA-Z0-9]+)>")
 
 
 def safe_url(url: str) -> str:
@@ -60,26 +49,12 @@ class Callbacks(Protocol):
         """POST once; never raises for network or HTTP trouble."""
 
 
-class ReplyApi(Protocol):
-    """What the outbox needs of the REST client (``mattermost.RestClient``)."""
-
-    async def create_post(self, body: Mapping[str, Any], *, decode: bool = True) -> dict[str, Any]:
-        """``POST /posts``."""
-
-    def cached_user(self, user_id: str) -> User | None:
-        """A user from the cache, if fresh."""
-
-    async def users_by_ids(self, user_ids: list[str]) -> list[User]:
-        """``POST /users/ids``."""
-
-
 @dataclass(slots=True)
 class Counters:
     """Totals for the shutdown summary and tests."""
 
     delivered: int = 0
     failed: int = 0
-    replies: int = 0
     dropped: int = 0  # not delivered: a reload removed the webhook or the callback URL
 
 
@@ -91,31 +66,24 @@ class Outbox:
         *,
         state: StateBackend,
         callbacks: Callbacks,
-        rest: ReplyApi,
+        replier: Replier,
         metrics: Metrics,
-        webhook: Callable[[str], WebhookConfig | None],
-        reply_settings: Callable[[], ReplySettings],
+        live: Live,
         max_in_flight: int,
         on_fatal: Callable[[BaseException], None],
-        webhook_by_url: Callable[[str], WebhookConfig | None] = lambda _url: None,
         delivery_retry: RetryPolicy = DELIVERY_RETRY,
-        reply_retry: RetryPolicy = REPLY_RETRY,
     ) -> None:
         self._delivery_retry = delivery_retry
-        self._reply_retry = reply_retry
         self._state = state
         self._callbacks = callbacks
-        self._rest = rest
+        self.replier = replier
         self._metrics = metrics
-        self._webhook = webhook
-        self._webhook_by_url = webhook_by_url
-        self._reply_settings = reply_settings
+        self._live = live  # see sidecar.runtime for which runtime each step reads
         self._slots = asyncio.Semaphore(max_in_flight)
         self._on_fatal = on_fatal
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()  # job ids queued or in flight (redelivery skips them)
         self.counters = Counters()
-        self._props_warned = False
 
     @property
     def depth(self) -> int:
@@ -127,11 +95,13 @@ class Outbox:
         return job_id in self._running
 
     def submit(self, jobs: list[Job], committed: Awaitable[None]) -> None:
-        """Run jobs once ``committed`` (their rows' commit) resolves."""
+        """Run jobs once ``committed`` (their rows' commit) resolves, each with the runtime
+        current now (see ``_run_job``)."""
         shared = asyncio.ensure_future(committed)
+        runtime = self._live.runtime
         for job in jobs:
             self._running.add(job.id)
-            task = asyncio.create_task(self._run(job, shared), name=f"job {job.id}")
+            task = asyncio.create_task(self._run(job, shared, runtime), name=f"job {job.id}")
             self._tasks.add(task)
             task.add_done_callback(self._done)
         self._metrics.outbox_depth.set(len(self._tasks))
@@ -158,17 +128,21 @@ class Outbox:
 
     # -- one job -----------------------------------------------------------------------------
 
-    async def _run(self, job: Job, committed: Awaitable[None]) -> None:
+    async def _run(self, job: Job, committed: Awaitable[None], runtime: Runtime) -> None:
         try:
-            await self._run_job(job, committed)
+            await self._run_job(job, committed, runtime)
         finally:
             self._running.discard(job.id)
 
-    async def _run_job(self, job: Job, committed: Awaitable[None]) -> None:
+    async def _run_job(self, job: Job, committed: Awaitable[None], runtime: Runtime) -> None:
+        """deliver → reply → finish. The job's webhook and its reply (settings, username,
+        icon) come from ``runtime``, the one current when the job was submitted; only each
+        delivery attempt reads the current runtime (``_deliver``)."""
         await committed
-        webhook = self._webhook_of(job)
+        webhook = runtime.webhook_of(job.webhook, job.url)
         if job.stage == "deliver":
-            webhook = self._still_configured(job)
+            current = self._still_configured(job)
+            webhook = None if current is None else webhook or current
         elif webhook is None:
             log.warning("dropped job %s: webhook %r is no longer configured", job.id, job.webhook)
         if webhook is None:
@@ -190,7 +164,6 @@ class Outbox:
                 refused = attempt.failure is Failure.REFUSED
                 await self._finish(job, history.REFUSED if refused else history.FAILED, attempt)
                 return
-            webhook = self._webhook(job.webhook) or webhook  # a reload may have changed it
             delivered = (
                 f"delivered webhook={webhook.name} post={job.post_id} url={safe_url(job.url)} "
                 f"status={attempt.status} in {attempt.elapsed_ms:.0f} ms (attempt {job.attempts})"
@@ -206,26 +179,15 @@ class Outbox:
             job.stage, job.response = "reply", attempt.body
         else:
             delivered = f"delivered webhook={webhook.name} post={job.post_id} before a restart"
-        outcome, error = await self._reply(job, webhook, delivered)
+        outcome, error = await self.replier.reply(job, webhook, runtime.reply, delivered)
         if attempt is not None and attempt.retryable:  # a final 5xx/429: still a dead letter
             outcome, error = history.FAILED, f"status {attempt.status}"
         await self._finish(job, outcome, attempt, error=error)
 
-    def _webhook_of(self, job: Job) -> WebhookConfig | None:
-        """The job's webhook: by name, or (renamed since the job was queued) by callback URL.
-
-        The job keeps its stored URL and body either way; the webhook found gives the
-        retries, timeout, signing secrets and reply settings.
-        """
-        by_name = self._webhook(job.webhook)
-        if by_name is not None and job.url in by_name.callback_urls:
-            return by_name
-        return self._webhook_by_url(job.url) or by_name
-
     def _still_configured(self, job: Job) -> WebhookConfig | None:
-        """The job's webhook as configured now; None (logged, counted) when a reload removed
-        the webhook or this callback URL from it: that URL gets no further traffic."""
-        webhook = self._webhook_of(job)
+        """The job's webhook in the current runtime; None (logged, counted) when a reload
+        removed the webhook or this callback URL from it: that URL gets no further traffic."""
+        webhook = self._live.runtime.webhook_of(job.webhook, job.url)
         if webhook is not None and job.url in webhook.callback_urls:
             return webhook
         self.counters.dropped += 1
@@ -332,159 +294,7 @@ class Outbox:
             )
             await self._delivery_retry.sleep(delay)
 
-    async def _reply(
-        self, job: Job, webhook: WebhookConfig, delivered: str
-    ) -> tuple[history.Outcome, str]:
-        """Turn the callback's answer into posts, as Mattermost does for an outgoing webhook.
-
-        Returns the history outcome and its error text.
-        """
-        try:
-            response = parse_response(job.response or b"")
-        except ReplyError as exc:
-            self._metrics.child(self._metrics.replies, "rejected").inc()
-            log.warning("%s; no reply webhook=%s: %s", delivered, webhook.name, exc)
-            return history.NO_REPLY, str(exc)
-        if response is None:
-            self._metrics.child(self._metrics.replies, "none").inc()
-            log.info("%s; no reply webhook=%s: empty response", delivered, webhook.name)
-            return history.DELIVERED, ""
-        post = Post(
-            id=job.post_id, channel_id=job.channel_id, user_id="", create_at=0, root_id=job.root_id
-        )
-        usernames = await self._usernames(response)
-        try:
-            plan = build_reply(
-                response,
-                webhook=webhook,
-                post=post,
-                settings=self._reply_settings(),
-                usernames=usernames,
-            )
-        except ReplyError as exc:
-            self._metrics.child(self._metrics.replies, "rejected").inc()
-            log.warning("%s; reply refused webhook=%s: %s", delivered, webhook.name, exc)
-            return history.NO_REPLY, str(exc)
-        for warning in plan.warnings:
-            log.warning("reply webhook=%s post=%s: %s", webhook.name, job.post_id, warning)
-        if not plan.posts:
-            self._metrics.child(self._metrics.replies, "none").inc()
-            log.info("%s; no reply webhook=%s: nothing to post", delivered, webhook.name)
-            return history.DELIVERED, ""
-        for i, body in enumerate(plan.posts):
-            body = dict(body)
-            body["pending_post_id"] = _pending_id(job.id + job.redelivery_of, i)
-            # Whether the server keeps the webhook props is checked on the first reply and on
-            # one in PROPS_CHECK_EVERY after it (a server upgrade may change it at any time).
-            check = not self._props_warned and self.counters.replies % PROPS_CHECK_EVERY == 0
-            created = await self._create_post(body, webhook, job, delivered, decode=check)
-            if isinstance(created, MattermostError):
-                return history.REPLY_FAILED, str(created)
-            if check:
-                self._check_props(created)
-        self.counters.replies += 1
-        self._metrics.child(self._metrics.replies, "posted").inc()
-        first = plan.posts[0]
-        props = first.get("props") or {}
-        log.info(
-            "%s; replied webhook=%s as %s in channel %s%s (%d post%s)",
-            delivered,
-            webhook.name,
-            props.get("override_username") or "the bot",
-            job.channel_id,
-            f" thread {first['root_id']}" if first.get("root_id") else "",
-            len(plan.posts),
-            "" if len(plan.posts) == 1 else "s",
-        )
-        return history.DELIVERED, ""
-
-    async def _create_post(
-        self,
-        body: dict[str, Any],
-        webhook: WebhookConfig,
-        job: Job,
-        delivered: str,
-        *,
-        decode: bool,
-    ) -> dict[str, Any] | MattermostError:
-        """The created post, or the error that made us give up."""
-
-        def failed(exc: MattermostError, _attempts: int, delay: float) -> None:
-            log.warning(
-                "reply failed webhook=%s post=%s: %s; retrying in %.1f s",
-                webhook.name,
-                job.post_id,
-                exc,
-                delay,
-            )
-
-        try:
-            return await retrying(
-                lambda: self._rest.create_post(body, decode=decode),
-                self._reply_retry,
-                on_retry=failed,
-            )
-        except Unauthorized:
-            raise
-        except MattermostError as exc:
-            self._metrics.child(self._metrics.replies, "failed").inc()
-            log.error("%s; reply not posted webhook=%s: %s", delivered, webhook.name, exc)
-            return exc
-
-    async def _usernames(self, response: dict[str, Any]) -> dict[str, str]:
-        """Usernames for the ``<@USERID>`` mentions in text and attachments.
-
-        Cached users first; the rest in one ``POST /users/ids`` of at most MAX_MENTIONS ids
-        (the first mentioned), so an answer full of mentions costs one call, not one each.
-        """
-        wanted = response_user_ids(response)
-        if not wanted:
-            return {}
-        names: dict[str, str] = {}
-        missing: list[str] = []
-        # In order of first mention, so the cap keeps the first ones.
-        for user_id in dict.fromkeys(_MENTION.findall(json.dumps(response))):
-            if user_id not in wanted:
-                continue
-            user = self._rest.cached_user(user_id)
-            if user is not None:
-                names[user_id] = user.username
-            else:
-                missing.append(user_id)
-        if len(missing) > MAX_MENTIONS:
-            log.warning(
-                "reply mentions %d users not known yet; looking up the first %d, the others "
-                "stay written <@ID>",
-                len(missing),
-                MAX_MENTIONS,
-            )
-            missing = missing[:MAX_MENTIONS]
-        if missing:
-            try:
-                for user in await self._rest.users_by_ids(missing):
-                    names[user.id] = user.username
-            except Unauthorized:
-                raise
-            except MattermostError as exc:
-                log.warning("no usernames for %d mentions: %s", len(missing), exc)
-        return names
-
-    def _check_props(self, created: dict[str, Any]) -> None:
-        props = created.get("props")
-        if self._props_warned or (isinstance(props, dict) and props.get("from_webhook") == "true"):
-            return
-        self._props_warned = True
-        log.warning(
-            "the server dropped the webhook props (from_webhook, override_username, …) from a "
-            "reply: replies will show as ordinary bot posts"
-        )
-
 
 def new_delivery_id() -> str:
     """A history row's id, short enough to type: 12 hex digits."""
     return secrets.token_hex(6)
-
-
-def _pending_id(job_id: str, part: int) -> str:
-    """A stable ``pending_post_id`` per reply part, so the server de-duplicates our retries."""
-    return hashlib.sha256(f"{job_id}/{part}".encode()).hexdigest()[:26]

@@ -142,7 +142,9 @@ def connected(app: Sidecar) -> bool:
 async def drained(app: Sidecar, *, timeout: float = 10.0) -> None:
     """Wait until every job queued so far is finished (delivered, replied, or given up)."""
     await wait_until(
-        lambda: app.outbox is not None and app.outbox.depth == 0, timeout=timeout, what="drain"
+        lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0,
+        timeout=timeout,
+        what="drain",
     )
 
 

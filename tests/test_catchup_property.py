@@ -267,17 +267,16 @@ class World:
         self.may: set[str] = set()
 
     def new_dispatcher(self) -> Dispatcher:
-        from sidecar.rules import RuleSet
+        from sidecar.runtime import Live, Runtime
 
         return Dispatcher(
             rest=cast(Any, self.rest),
             state=cast(Any, self.state),
             outbox=cast(Any, self.outbox),
             metrics=Metrics(__version__),
-            rules=RuleSet(self.config.webhooks, bot_user_id=BOT.id),
+            live=Live(Runtime.build(self.config, bot_user_id=BOT.id)),
             me=BOT,
             snapshot=self.state.snapshot(),
-            catch_up_window=self.config.sidecar.catch_up_window,
             retry_base=0.0,
         )
 

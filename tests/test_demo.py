@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo import demo
+from sidecar.demo import STEP_LOGGERS, demo
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
 def restore_loggers() -> Iterator[None]:
-    levels = {
-        n: logging.getLogger(n).level for n in ("sidecar.app", "sidecar.dispatch", "sidecar.outbox")
-    }
+    levels = {n: logging.getLogger(n).level for n in STEP_LOGGERS}
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)

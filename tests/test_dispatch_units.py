@@ -14,6 +14,7 @@ from sidecar.events import Posted, PostEdited, ReactionAdded
 from sidecar.models import Post, Reaction
 from sidecar.retry import NO_WAIT
 from sidecar.rules import RuleSet
+from sidecar.runtime import Live, Runtime
 
 NOW = 1_800_000_000_000
 
@@ -25,10 +26,9 @@ def dispatcher(rest: FakeRest, state: FakeState, outbox: RecordingOutbox) -> Dis
         state=cast(Any, state),
         outbox=cast(Any, outbox),
         metrics=metrics(),
-        rules=RuleSet(cfg.webhooks, bot_user_id=BOT.id),
+        live=Live(Runtime.build(cfg, bot_user_id=BOT.id)),
         me=BOT,
         snapshot=state.snapshot(),
-        catch_up_window=cfg.sidecar.catch_up_window,
         retry=NO_WAIT,
     )
 
@@ -176,3 +176,39 @@ async def test_catch_up_yields_the_websocket_s_typed_events() -> None:
     assert [item.name for item in found.items] == ["posted", "post_edited", "reaction_added"]
     assert all((i.post, i.channel, i.team) == (edited, CHANNEL, TEAM) for i in found.items)
     assert [item.reaction for item in found.items] == [None, None, reaction]
+
+
+class ReloadingRest(FakeRest):
+    """Swaps ``live.runtime`` for ``then`` during the first channel lookup (a SIGHUP then)."""
+
+    def __init__(self, live: Live, then: Runtime) -> None:
+        super().__init__()
+        self.live, self.then = live, then
+
+    async def channel(self, channel_id: str) -> Any:
+        if self.live.runtime is not self.then:
+            self.live.runtime = self.then
+        return await super().channel(channel_id)
+
+
+async def test_an_event_is_matched_with_the_runtime_current_when_it_started() -> None:
+    state, outbox = FakeState(), RecordingOutbox()
+    state.cursors[CHANNEL.id] = NOW - 1
+    live = Live(Runtime.build(config(), bot_user_id=BOT.id))
+    elsewhere = Runtime.build(config(channels=["elsewhere"]), bot_user_id=BOT.id)
+    rest = ReloadingRest(live, elsewhere)
+    d = Dispatcher(
+        rest=cast(Any, rest),
+        state=cast(Any, state),
+        outbox=cast(Any, outbox),
+        metrics=metrics(),
+        live=live,
+        me=BOT,
+        snapshot=state.snapshot(),
+        retry=NO_WAIT,
+    )
+    await d.dispatch(posted(post(1)))  # the reload lands during its channel lookup
+    assert live.runtime is elsewhere
+    assert len(outbox.jobs) == 1  # matched with the rules it started with
+    await d.dispatch(posted(post(2)))  # the next event: the new rules (not this channel)
+    assert len(outbox.jobs) == 1

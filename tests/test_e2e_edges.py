@@ -106,8 +106,8 @@ async def test_reload_stops_retries_to_a_removed_callback_url(
         world.mm.post(world.alice["id"], world.town["id"], "#build now")
         await cb.wait_for(1)
         app.reload(new)
-        assert app.outbox is not None
-        outbox = app.outbox
+        assert app.pipeline is not None
+        outbox = app.pipeline.outbox
         await wait_until(lambda: outbox.depth == 0, what="the queued job to finish")
         world.mm.post(world.alice["id"], world.town["id"], "#build again")
         await cb.wait_for(2)

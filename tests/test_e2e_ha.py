@@ -65,7 +65,8 @@ async def test_the_standby_takes_over_when_the_active_session_dies(
         await wait_until(lambda: roles([a]) == ["active"], what="a active and connected")
         async with running(configs[1]) as b:
             assert roles([a, b]) == ["active", "standby"]
-            assert b.ha.lease.backend_pid is not None and not b.gateway.connected
+            await wait_until(lambda: b.ha.lease.backend_pid is not None, what="b tries the lease")
+            assert b.pipeline is None
             texts = [f"msg {i}" for i in range(40)]
             for text in texts[:20]:
                 world.mm.post(world.alice["id"], world.dev["id"], text)
@@ -216,27 +217,25 @@ async def test_a_cut_off_active_stops_delivering_and_the_other_takes_over(
                     world.mm.post(world.alice["id"], world.dev["id"], text)
                     await asyncio.sleep(0.01)
                 proxy.block()
+                assert a.pipeline is not None
+                a_pipeline = a.pipeline
                 pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
-                # It stops reading and delivering: no websocket, nothing running in its outbox.
+                # It stops reading and delivering: its pipeline torn down (websocket closed,
+                # nothing running in its outbox) and dropped.
                 await wait_until(
-                    lambda: (
-                        not a.ha.lease.active
-                        and not a.gateway.connected
-                        and a.outbox is not None
-                        and a.outbox.depth == 0
-                    ),
+                    lambda: not a.ha.lease.active and a.pipeline is None,
                     timeout=3,
-                    what="a to stand down (lease lost, websocket closed, outbox idle)",
+                    what="a to stand down (lease lost, pipeline torn down)",
                 )
-                assert a.outbox is not None
-                delivered_by_a = a.outbox.counters.delivered
+                assert not a_pipeline.gateway.connected and a_pipeline.outbox.depth == 0
+                delivered_by_a = a_pipeline.outbox.counters.delivered
                 for text in texts[20:]:
                     world.mm.post(world.alice["id"], world.dev["id"], text)
                     await asyncio.sleep(0.01)
                 await wait_until(lambda: roles([b]) == ["active"], timeout=10, what="b active")
                 await wait_until(lambda: delivered(cb) == set(texts), timeout=20, what="all")
                 check_delivered(cb, set(texts))
-                assert a.outbox.counters.delivered == delivered_by_a  # none after standing down
+                assert a_pipeline.outbox.counters.delivered == delivered_by_a  # none since
                 assert roles([a]) == ["standby: PostgreSQL unreachable"]
                 assert proxy.refused > 0
 
@@ -412,14 +411,17 @@ async def test_only_the_active_replica_joins_channels_and_polls_redeliveries(
         await wait_until(lambda: roles([a]) == ["active"], what="a active and connected")
         async with running(configs[1]) as b:
             assert roles([a, b]) == ["active", "standby"]
-            # A standby builds no joiner, history keeper or outbox: it cannot join or claim.
-            assert (b.joiner, b.history, b.outbox) == (None, None, None)
+            # A standby builds no pipeline (joiner, history keeper, outbox): it cannot join or
+            # claim.
+            assert b.pipeline is None
             random = mm.create_channel(world.team["id"], "random", "O", members=[world.alice["id"]])
             await wait_until(lambda: joined(a) == 1, what="the active joined the new channel")
             assert world.bot["id"] in mm.store.channels[random["id"]].members
-            assert joined(b) == 0 and b.joiner is None
-            assert a.history is not None
-            await wait_until(lambda: a.history is not None and a.history.polls > 0, what="poll")
+            assert joined(b) == 0 and b.pipeline is None
+            assert a.pipeline is not None
+            await wait_until(
+                lambda: a.pipeline is not None and a.pipeline.history.polls > 0, what="poll"
+            )
 
             pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
             await wait_until(lambda: roles([b]) == ["active"], what="b took over")
@@ -427,7 +429,9 @@ async def test_only_the_active_replica_joins_channels_and_polls_redeliveries(
             late = mm.create_channel(world.team["id"], "late", "O", members=[world.alice["id"]])
             await wait_until(lambda: joined(b) == 1, what="b joined the late channel")
             assert world.bot["id"] in mm.store.channels[late["id"]].members
-            await wait_until(lambda: b.history is not None and b.history.polls > 0, what="b polls")
+            await wait_until(
+                lambda: b.pipeline is not None and b.pipeline.history.polls > 0, what="b polls"
+            )
             mm.post(world.alice["id"], late["id"], "#build after the failover")
             [req] = await cb.wait_for(1)
             assert text_of(req) == "#build after the failover"

@@ -93,8 +93,10 @@ async def fail_once(world: World, cb: CallbackRecorder, app: Sidecar) -> None:
     cb.respond_with(lambda _: Reply(500, "receiver down"))
     world.mm.post(world.alice["id"], world.dev["id"], "deploy now")
     await cb.wait_for(2, timeout=15)
-    assert app.outbox is not None
-    await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="job done")
+    assert app.pipeline is not None
+    await wait_until(
+        lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0, what="job done"
+    )
 
 
 async def test_dead_letter_redelivered_to_the_running_daemon(
@@ -138,7 +140,9 @@ async def test_dead_letter_redelivered_to_the_running_daemon(
         assert again.headers["webhook-id"] == first.headers["webhook-id"]
         posts = await world.mm.wait_for_posts(world.dev["id"], 2)
         assert [p["message"] for p in posts] == ["deploy now", "deployed"]
-        await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="done")
+        await wait_until(
+            lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0, what="done"
+        )
         await wait_until(lambda: dead_letters(app) == 0, what="dead-letter gauge back to 0")
         redeliveries = app.metrics.registry.get_sample_value("mm_sidecar_redeliveries_total")
         assert redeliveries == 1
@@ -179,7 +183,9 @@ async def test_redeliver_while_stopped_is_sent_at_the_next_start(
         assert requests[2].headers["webhook-id"] == first.headers["webhook-id"]
         posts = await world.mm.wait_for_posts(world.dev["id"], 2)
         assert [p["message"] for p in posts] == ["deploy now", "deployed"]
-        await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="done")
+        await wait_until(
+            lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0, what="done"
+        )
     newest = (await listed(path))[0]
     assert (newest["outcome"], newest["redelivery_of"]) == ("delivered", dead["id"])
     assert len(cb.requests) == 3
@@ -247,8 +253,10 @@ async def test_retention_pruned_by_the_running_daemon(
     await state.close()
 
     async with running(config) as app:
-        assert app.history is not None
-        await wait_until(lambda: app.history is not None and app.history.prunes >= 1, what="prune")
+        assert app.pipeline is not None
+        await wait_until(
+            lambda: app.pipeline is not None and app.pipeline.history.prunes >= 1, what="prune"
+        )
     store = SqliteHistory.connect(config.sidecar.state_dir / DB_NAME)
     kept = {d.id for d in store.find(Query(limit=0))}
     store.close()

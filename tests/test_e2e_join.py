@@ -62,7 +62,9 @@ async def test_a_channel_created_after_start_is_joined_and_caught_up(
         mm.post(world.alice["id"], late["id"], "no trigger")
         # The next periodic pass (join_interval = 1 s) joins it and catches it up.
         [early] = await cb.wait_for(1)
-        await wait_until(lambda: app.joins_caught_up >= 1, what="catch-up of the joined channel")
+        await wait_until(
+            lambda: app.pipeline.joins_caught_up >= 1, what="catch-up of the joined channel"
+        )
         mm.post(world.alice["id"], late["id"], "#build after the join")
         got = await cb.wait_for(2)
     assert text_of(early.body) == "#build before the join"
@@ -78,9 +80,11 @@ async def test_a_channel_converted_to_public_is_joined_at_once(
     config = make_config(world, tmp_path, [team_hook(cb)])  # join_interval: 60 s
     async with running(config) as app:
         mm.post(world.alice["id"], hidden["id"], "#build while private")
-        caught_up = app.joins_caught_up
+        caught_up = app.pipeline.joins_caught_up
         mm.public.convert(hidden["id"], "O", by_user_id=world.alice["id"])
-        await wait_until(lambda: app.joins_caught_up > caught_up, what="join after conversion")
+        await wait_until(
+            lambda: app.pipeline.joins_caught_up > caught_up, what="join after conversion"
+        )
         mm.post(world.alice["id"], hidden["id"], "#build now public")
         got = await cb.wait_for(1)
     # What was said while the channel was private stays private: the catch-up starts at the
@@ -101,15 +105,17 @@ async def test_a_restored_channel_is_joined_and_a_private_one_never(
     async with running(config) as app:
         # Archived: not joined at start.
         assert joins(world, old) == []
-        caught_up = app.joins_caught_up
+        caught_up = app.pipeline.joins_caught_up
         mm.public.restore(old["id"])
-        await wait_until(lambda: app.joins_caught_up > caught_up, what="join after restore")
+        await wait_until(
+            lambda: app.pipeline.joins_caught_up > caught_up, what="join after restore"
+        )
         mm.post(world.alice["id"], old["id"], "#build restored")
         [req] = await cb.wait_for(1)
-        assert app.joiner is not None
-        passes = app.joiner.passes
-        app.joiner.hint_full()
-        await wait_until(lambda: app.joiner is not None and app.joiner.passes > passes)
+        assert app.pipeline is not None
+        passes = app.pipeline.joiner.passes
+        app.pipeline.joiner.hint_full()
+        await wait_until(lambda: app.pipeline is not None and app.pipeline.joiner.passes > passes)
     assert text_of(req.body) == "#build restored"
     # A private channel it was not invited to: never joined, not even asked for.
     assert joins(world, secret) == []
@@ -143,11 +149,11 @@ async def test_a_refused_join_is_logged_once_and_counted(
     caplog.set_level(logging.WARNING)
     config = make_config(world, tmp_path, [team_hook(cb)])
     async with running(config) as app:
-        assert app.joiner is not None
-        passes = app.joiner.passes
+        assert app.pipeline is not None
+        passes = app.pipeline.joiner.passes
         # The channel is named again by a hint: tried again, refused again, not logged again.
         mm.public.restore(closed["id"])
-        await wait_until(lambda: app.joiner is not None and app.joiner.passes > passes)
+        await wait_until(lambda: app.pipeline is not None and app.pipeline.joiner.passes > passes)
         # The daemon keeps going: a channel it is in still works.
         mm.post(world.alice["id"], world.town["id"], "#build here")
         await cb.wait_for(1)
@@ -189,9 +195,11 @@ async def test_added_by_a_user_or_to_a_team_is_followed_at_once(
         other = mm.create_team("second")
         mm.add_team_member(other["id"], world.alice["id"])
         general = mm.create_channel(other["id"], "general", "O", members=[world.alice["id"]])
-        caught_up = app.joins_caught_up
+        caught_up = app.pipeline.joins_caught_up
         mm.public.add_to_team(other["id"], world.bot["id"])
-        await wait_until(lambda: app.joins_caught_up > caught_up, what="join in the new team")
+        await wait_until(
+            lambda: app.pipeline.joins_caught_up > caught_up, what="join in the new team"
+        )
         mm.post(world.alice["id"], general["id"], "#build in the second team")
         got = await cb.wait_for(2)
     assert text_of(first.body) == "#build before the bot"

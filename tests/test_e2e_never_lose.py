@@ -103,8 +103,8 @@ async def test_edits_only_webhook_moves_the_cursor(
         last = world.mm.post(world.alice["id"], world.dev["id"], "two")
         await wait_until(
             lambda: (
-                app.dispatcher is not None
-                and app.dispatcher._cursors.get(world.dev["id"]) == last["create_at"]
+                app.pipeline is not None
+                and app.pipeline.dispatcher._cursors.get(world.dev["id"]) == last["create_at"]
             ),
             what="the cursor at the newest post",
         )

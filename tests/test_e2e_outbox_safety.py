@@ -10,7 +10,7 @@ import pytest
 
 from harness import World, make_config, running
 from sidecar.mattermost import MattermostError, RestClient
-from sidecar.outbox import MAX_MENTIONS
+from sidecar.replies import MAX_MENTIONS
 from sidecar.testing.recorder import CallbackRecorder, Reply
 
 

@@ -24,8 +24,8 @@ import pytest
 
 from harness import FAST, World, drained, drained_after, make_config, running, wait_until
 from sidecar.app import Sidecar
-from sidecar.dispatch import LOOKUP_ATTEMPTS
 from sidecar.mattermost import Unauthorized
+from sidecar.resolve import LOOKUP_ATTEMPTS
 from sidecar.state import State
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.model import ApiError, Post
@@ -357,7 +357,7 @@ async def test_retries_exhausted_the_last_answer_is_the_reply(
         # the 502 of the last attempt is an answer like any other: Mattermost replies with it
         await world.mm.wait_for_posts(world.dev["id"], 2)
         await drained(app)
-        assert app.outbox is not None and app.outbox.depth == 0
+        assert app.pipeline is not None and app.pipeline.outbox.depth == 0
     assert len(cb.requests) == 2
     assert [p["message"] for p in world.mm.posts_in(world.dev["id"])] == ["doomed", "no"]
 

@@ -41,7 +41,9 @@ async def exchange(
         if expect_posts:
             await world.mm.wait_for_posts(channel, before + 1 + expect_posts)
         # The job is finished (reply posted, or decided against) once the outbox is empty.
-        await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0, what="drain")
+        await wait_until(
+            lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0, what="drain"
+        )
     posts = [p for p in world.mm.posts_in(channel)[before:] if p["id"] != trigger["id"]]
     assert len(posts) == expect_posts, [p["message"][:40] for p in posts]
     return trigger, posts

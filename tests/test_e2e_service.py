@@ -68,7 +68,7 @@ async def test_metrics_count_a_delivery(world: World, tmp_path: Path) -> None:
         async with running(config) as app:
             world.mm.post(world.alice["id"], world.town["id"], "#build now")
             await world.mm.wait_for_posts(world.town["id"], 2)
-            await wait_until(lambda: app.outbox is not None and app.outbox.depth == 0)
+            await wait_until(lambda: app.pipeline is not None and app.pipeline.outbox.depth == 0)
             assert app.health is not None
             status, text = await get(f"http://127.0.0.1:{app.health.port}/metrics")
     assert status == 200

@@ -5,11 +5,23 @@ Each test waits on the outbox's own drain point (``drain``), never on a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
 
-from fakes import SETTINGS, FakeRest, FakeState, ScriptedCallbacks, answer, config, done, job
+from fakes import (
+    BOT,
+    SETTINGS,
+    FakeRest,
+    FakeState,
+    ScriptedCallbacks,
+    answer,
+    config,
+    done,
+    job,
+)
 
 from sidecar import history
 from sidecar.config import WebhookConfig
@@ -17,29 +29,35 @@ from sidecar.delivery import Attempt, Failure
 from sidecar.errors import MattermostError, Unauthorized
 from sidecar.guard import FORBIDDEN_MESSAGE
 from sidecar.health import Metrics
-from sidecar.outbox import Outbox
+from sidecar.outbox import Callbacks, Outbox
+from sidecar.replies import Replier
 from sidecar.retry import NO_WAIT
+from sidecar.runtime import Live, Runtime
+from sidecar.state import Job
+
+
+def runtime(**webhook: Any) -> Runtime:
+    """The runtime of ``config(**webhook)``, with both reply overrides on."""
+    return replace(Runtime.build(config(**webhook), bot_user_id=BOT.id), reply=SETTINGS)
 
 
 class Rig:
-    def __init__(self, callbacks: ScriptedCallbacks, *, retries: int = 2) -> None:
+    def __init__(self, callbacks: Callbacks, *, retries: int = 2, **webhook: Any) -> None:
         self.callbacks = callbacks
         self.rest = FakeRest()
         self.state = FakeState()
         self.metrics = Metrics("test")
         self.fatal: list[BaseException] = []
-        hooks = {w.name: w for w in config(retries=retries).webhooks}
+        self.live = Live(runtime(retries=retries, **webhook))
         self.outbox = Outbox(
             state=cast(Any, self.state),
             callbacks=callbacks,
-            rest=self.rest,
+            replier=Replier(rest=self.rest, metrics=self.metrics, retry=NO_WAIT.with_attempts(3)),
             metrics=self.metrics,
-            webhook=hooks.get,
-            reply_settings=lambda: SETTINGS,
+            live=self.live,
             max_in_flight=4,
             on_fatal=self.fatal.append,
             delivery_retry=NO_WAIT,
-            reply_retry=NO_WAIT.with_attempts(3),
         )
 
     async def run(self) -> None:
@@ -130,3 +148,52 @@ async def test_a_resumed_job_waits_out_its_schedule_on_the_injected_clock() -> N
     assert waits == [30.0, 2.0]  # the schedule, then the retry's backoff
     assert rig.state.updates[-1].next_at == 1002.0  # committed on the same clock
     assert rig.state.outcomes() == [history.DELIVERED]
+
+
+# --- a reload while deliveries are in flight ------------------------------------------------------
+
+
+class GatedCallbacks:
+    """Answers 503 to the first POST once ``release`` is set, 200 with a reply to the others;
+    records each attempt's timeout."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.timeouts: list[tuple[str, float]] = []
+
+    async def send(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float
+    ) -> Attempt:
+        self.timeouts.append((headers["webhook-id"], timeout))
+        if len(self.timeouts) == 1:
+            self.started.set()
+            await self.release.wait()
+            return answer(503)
+        return answer(200, REPLY)
+
+
+async def test_a_reload_in_flight_leaves_each_job_with_the_runtime_it_started_with() -> None:
+    callbacks = GatedCallbacks()
+    rig = Rig(callbacks, retries=1, username="before", timeout=5)
+    first = replace(job(), id="w1/0", webhook_id="w1")
+    rig.outbox.submit([first], done())
+    await callbacks.started.wait()  # the first job's first attempt is in flight
+    rig.live.runtime = runtime(retries=1, username="after", timeout=7)  # the reload's swap
+    second = replace(job(), id="w2/0", webhook_id="w2")
+    rig.outbox.submit([second], done())
+    callbacks.release.set()
+    assert await rig.outbox.drain(grace=30) == 0
+    # Each reply with the runtime its job started with: the webhook's username then.
+    assert len(rig.rest.created) == 2
+    by_job = {p["props"]["override_username"]: p["pending_post_id"] for p in rig.rest.created}
+    assert by_job["before"] == _pending(first) and by_job["after"] == _pending(second)
+    # Except, as documented, each delivery attempt: it reads the current runtime (the retry
+    # of the first job, made after the reload, has the new timeout).
+    assert sorted(callbacks.timeouts) == [("w1", 5), ("w1", 7), ("w2", 7)]
+
+
+def _pending(j: Job) -> str:
+    from sidecar.replies import _pending_id
+
+    return _pending_id(j.id + j.redelivery_of, 0)

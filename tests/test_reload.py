@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.app import Sidecar
+from sidecar.app import Session, Sidecar
 from sidecar.cli import _reloader, setup_logging
 from sidecar.config import Config, load_config, parse_config
+from sidecar.models import User
+from sidecar.runtime import Live, Runtime
 
 BOT_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
 OTHER_TOKEN = "zmigewsanbbsdf59xnmduzypjd"
@@ -73,10 +75,18 @@ def test_ha_state_keys_need_a_restart(tmp_path: Path, caplog: pytest.LogCaptureF
     ]
 
 
-def test_max_post_size_applies_to_the_next_reply_at_once(tmp_path: Path) -> None:
+def test_a_reload_swaps_the_runtime_in_one_assignment(tmp_path: Path) -> None:
     app = Sidecar(config(tmp_path))
+    bot = User(id="b" * 26, username="sidecar-bot")
+    live = Live(Runtime.build(app.config, bot_user_id=bot.id))
+    app.session = Session(bot, live)  # as connect() leaves it
+    before = live.runtime
     app.reload(config(tmp_path, {"max_post_size": 4000}))
-    assert app._reply_settings().max_post_size == 4000
+    # max_post_size applies to the next reply at once; the old runtime is left as it was,
+    # for the jobs that started with it.
+    assert live.runtime is not before
+    assert live.runtime.reply.max_post_size == 4000
+    assert before.reply.max_post_size == 16383
 
 
 def test_token_from_a_file_with_the_same_value_needs_no_restart(
