@@ -5,9 +5,8 @@ the dispatcher resolves its channel, team and author (cached REST lookups, retri
 server's trouble is temporary: skipping would lose the post, because the channel's next post
 moves the cursor past it), matches it against the rules, builds each callback request, and
 records the jobs and the processed post in one transaction before handing the jobs to the
-outbox. It owns the cursors (the last processed ``create_at`` per channel, never past the
-server's now), the start position (the cursor of channels without one) and the processed keys
-that make catch-up and replays exactly-once. Every "now" is the server's (``server_now``).
+outbox. Its ``progress`` (progress.py) holds the cursors, the start position and the
+processed keys that make catch-up and replays exactly-once. Every "now" is the server's.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from sidecar.mattermost import MattermostError, RestClient, Unauthorized
 from sidecar.models import Channel, EventName, Post, Reaction, Team, User
 from sidecar.outbox import Outbox
 from sidecar.payload import build_request
+from sidecar.progress import Progress
 from sidecar.resolve import Resolver
 from sidecar.retry import RetryPolicy
 from sidecar.rules import Context, Match, RuleSet
@@ -85,18 +85,7 @@ class Dispatcher:
         self._retry = retry or lookup_policy(retry_base)
         self._resolve = Resolver(rest, self._retry)
         self._catching_up = CatchUpRunner(rest, self._retry, metrics)
-        self._seen = snapshot.seen
-        self._fresh = snapshot.fresh and not snapshot.cursors and snapshot.start is None
-        # Where processing began (server time): the cursor of every channel without its own.
-        # (A file without it, from before it was saved, falls back to its oldest cursor.)
-        position = snapshot.start
-        if position is None:
-            position = min(snapshot.cursors.values(), default=rest.server_now_ms())
-        self._position = position
-        # No cursor is older than the start: one that is (0, written for an edit or a reaction
-        # by versions that did not keep the start position) would make catch-up replay that
-        # channel's history.
-        self._cursors = {k: max(v, position) for k, v in snapshot.cursors.items()}
+        self.progress = Progress(snapshot, state, rest.server_now_ms)
 
     def server_now(self) -> int:
         """The server's clock (ms), as its answers show it: never ours, which may differ."""
@@ -104,13 +93,9 @@ class Dispatcher:
 
     async def gap(self) -> None:
         """Events may have been missed: catch up; or, on the very first start, begin now."""
-        if self._fresh:
+        if self.progress.fresh:
             # First start: begin at the present, replay no history.
-            self._fresh = False
-            self._position = self.server_now()
-            # Saved, so that a restart catches up from here even if nothing was processed
-            # meanwhile (per-channel cursors exist only for channels that had a post).
-            self.state.record_start(self._position)
+            self.progress.begin_now()
             log.info("first start: processing begins now; no history is replayed")
             return
         self.metrics.gaps.inc()
@@ -118,9 +103,7 @@ class Dispatcher:
 
     def prune(self, horizon: int) -> None:
         """Forget processed keys older than ``horizon`` (ms), in memory and on disk."""
-        for k in [k for k, at in self._seen.items() if at < horizon]:
-            del self._seen[k]
-        self.state.prune_seen(horizon)
+        self.progress.prune(horizon)
 
     @property
     def rules(self) -> RuleSet:
@@ -173,15 +156,15 @@ class Dispatcher:
         through the same de-duplicated path, nothing fires twice. Returns how many events
         were processed.
         """
-        cursors = self._cursors if since is None else {}
-        default = self._position if since is None else since
+        cursors = self.progress.cursors if since is None else {}
+        default = self.progress.position if since is None else since
         log.info("catching up over REST from the last processed post")
         return await self._catch_up(cursors, default, channels, "")
 
     @property
     def position(self) -> int:
         """Where processing began (ms): a channel joined later is caught up from no earlier."""
-        return self._position
+        return self.progress.position
 
     async def catch_up_channels(self, channels: Sequence[tuple[Channel, Team | None, int]]) -> int:
         """Catch up channels the bot just joined, each from its own start (server ms), through
@@ -204,7 +187,7 @@ class Dispatcher:
             self._step,
             cursors=cursors,
             default=default,
-            seen=self._seen,
+            seen=self.progress.seen,
             channels=channels,
             what=what,
         )
@@ -242,7 +225,7 @@ class Dispatcher:
             or not self.rules.listens_for(event)
         ):
             if event == "posted":
-                self._passed(post)  # never fires; skip the lookups, but move the cursor
+                self.progress.passed(post)  # never fires; skip the lookups, but move the cursor
             return
         if event == "posted":
             key = post.id
@@ -251,7 +234,7 @@ class Dispatcher:
         else:
             assert reaction is not None
             key = reaction_key(reaction)
-        if key in self._seen:
+        if key in self.progress.seen:
             return
         try:
             channel, team, actor = await self._resolve.context(post, actor_id, channel, team)
@@ -277,22 +260,6 @@ class Dispatcher:
             return
         await self._post_event("reaction_added", post, reaction.user_id, reaction=reaction)
 
-    def _cursor_after(self, post: Post) -> int:
-        """The channel's cursor once ``post`` is processed: never past the server's now.
-
-        A post stamped in the future (an import, a server clock jump) must not make catch-up
-        skip the posts made until real time reaches that stamp.
-        """
-        current = self._cursors.get(post.channel_id, self._position)
-        return max(current, min(post.create_at, self.server_now()))
-
-    def _passed(self, post: Post) -> None:
-        """A post that fires nothing: move the cursor past it, so catch-up does not refetch it."""
-        cursor = self._cursor_after(post)
-        if cursor > self._cursors.get(post.channel_id, cursor - 1):
-            self._cursors[post.channel_id] = cursor
-            self.state.record_position(post.channel_id, cursor, [], post.create_at)
-
     def match_and_enqueue(self, ctx: Context, key: str) -> None:
         """Match one event and hand its jobs to the outbox; record it as processed."""
         post = ctx.post
@@ -313,13 +280,7 @@ class Dispatcher:
             jobs.extend(jobs_for(match, ctx))
         # Server timestamps: a key is kept for catch_up_window after the event it stands for.
         at = max(post.create_at, post.edit_at, ctx.reaction.create_at if ctx.reaction else 0)
-        self._seen[key] = at
-        if ctx.event == "posted":
-            self._cursors[post.channel_id] = self._cursor_after(post)
-        # A channel whose first event is an edit or a reaction gets the start position as its
-        # cursor (never 0: a restart would replay its history).
-        cursor = self._cursors.get(post.channel_id, self._position)
-        committed = self.state.record(jobs, post.channel_id, cursor, [key], at)
+        committed = self.progress.record(jobs, post, key, at, posted=ctx.event == "posted")
         if jobs:
             self.outbox.submit(jobs, committed)
 

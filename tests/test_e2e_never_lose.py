@@ -104,7 +104,8 @@ async def test_edits_only_webhook_moves_the_cursor(
         await wait_until(
             lambda: (
                 app.pipeline is not None
-                and app.pipeline.dispatcher._cursors.get(world.dev["id"]) == last["create_at"]
+                and app.pipeline.dispatcher.progress.cursors.get(world.dev["id"])
+                == last["create_at"]
             ),
             what="the cursor at the newest post",
         )
