@@ -198,3 +198,13 @@ def test_throughput_with_the_postgresql_state(tmp_path: Path, pg_cluster: object
     ):
         assert targets[name]["value"] > 0 and isinstance(targets[name]["pass"], bool)
     assert "sidecar-pg" in printed
+
+
+def test_soak_reads_rss_after_each_chunk(tmp_path: Path) -> None:
+    data, printed = run_bench("soak", tmp_path)
+    points = data["result"]["points"]
+    assert [p["events"] for p in points] == [200, 400, 600]
+    assert all(p["rss_mib"] > 0 for p in points)
+    (check,) = data["targets"]
+    assert check["value"] > 0 and isinstance(check["pass"], bool)
+    assert "RSS after 600 events / after 200" in printed
