@@ -38,6 +38,14 @@ CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (skipped when nothing 
 # then costs one commit, one writer wake-up and one loop wake-up, not two of each. A crash
 # in this window resumes the job from its outbox row: at least once, as before.
 LINGER = 0.25
+# A write that comes alone (no other write in the last INLINE_GAP s, nothing queued for the
+# writer) is committed on the loop, at once: WAL + synchronous=NORMAL makes a commit a few
+# writes into the page cache, no fsync (checkpoints have their own thread), which costs less
+# than handing it to the writer thread and being woken up again. Under load the writer
+# thread still groups each burst into one transaction. A lock held by another process
+# (``mm-sidecar redeliver``) is not waited for on the loop: the writer thread takes over.
+INLINE_GAP = 0.005
+BUSY_TIMEOUT_MS = 5000  # sqlite3.connect's default
 _LAZY = frozenset({"finish_job", "prune_seen", "processed"})
 DB_NAME = "state.sqlite3"
 LOCK_NAME = "state.lock"  # flock'ed by the running daemon (not the database: others may read it)
@@ -132,6 +140,9 @@ class State:
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._held: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
+        self._queued = 0  # writes handed to the writer thread (counted on the loop)
+        self._written = 0  # … of which it has finished (counted by the writer thread)
+        self._last_write = 0.0  # loop time of the last write someone waits on
         self._flush_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -337,9 +348,44 @@ class State:
             if self._flush_timer is None:
                 self._flush_timer = self._loop.call_later(LINGER, self._flush_held)
             return future
+        now = self._loop.time()
+        alone, self._last_write = now - self._last_write >= INLINE_GAP, now
+        if alone and self._queued == self._written and self._commit_inline((op, args, future)):
+            return future
         self._flush_held()
+        self._queued += 1
         self._queue.put((op, args, future))
         return future
+
+    def _commit_inline(self, item: tuple[str, tuple[Any, ...], asyncio.Future[None]]) -> bool:
+        """Commit the held writes and ``item`` on the loop; False (nothing changed) when that
+        fails or would wait for another process's lock: the writer thread then takes them."""
+        conn = self._conn
+        if conn is None:
+            return False
+        items = [*self._held, item]
+        rows = _Rows()
+        for op, args, _ in items:
+            getattr(rows, op)(*args)
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                conn.execute("BEGIN")
+                rows.write(conn)
+                conn.execute("COMMIT")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except Exception:  # the writer thread retries, logs and reports it
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return False
+        self.commits += 1
+        self._held = []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        _resolve([f for _, _, f in items], None)
+        return True
 
     def _flush_held(self) -> None:
         """Hand the held lazy writes to the writer (they go in before the write that follows)."""
@@ -347,6 +393,7 @@ class State:
             self._flush_timer.cancel()
             self._flush_timer = None
         held, self._held = self._held, []
+        self._queued += len(held)
         for item in held:
             self._queue.put(item)
 
@@ -436,6 +483,7 @@ class State:
             for op, args, _ in items:
                 getattr(rows, op)(*args)
             error = self._commit(conn, rows)
+            self._written += len(items)  # only this thread writes it; the loop reads it
             # One wake-up of the event loop per transaction, not one per write.
             loop.call_soon_threadsafe(_resolve, [f for _, _, f in items], error)
             if error is not None and self.on_write_failure is not None:

@@ -7,12 +7,13 @@ post costs one commit (and one writer and loop wake-up), not two.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from sidecar import state as state_mod
-from sidecar.state import Job, State
+from sidecar.state import DB_NAME, Job, State
 
 
 def job(n: int) -> Job:
@@ -75,3 +76,32 @@ async def test_close_commits_what_is_held(tmp_path: Path, monkeypatch: pytest.Mo
     await state.close()
     assert finished.done() and finished.exception() is None
     assert State(tmp_path).open().jobs == []
+
+
+async def test_a_lone_write_is_committed_on_the_loop_at_once(tmp_path: Path) -> None:
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    committed = state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    # No hand-off to the writer thread and back: done before the loop runs again.
+    assert committed.done() and state.commits == 1
+    await state.close()
+    assert [j.id for j in State(tmp_path).open().jobs] == ["msg_1/0"]
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_by_the_writer_not_the_loop(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # what `mm-sidecar redeliver` does while it writes
+    committed = state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    assert not committed.done()  # refused at once on the loop, queued for the writer
+    other.execute("COMMIT")
+    other.close()
+    await committed
+    assert state.commits == 1
+    await state.close()
+    assert [j.id for j in State(tmp_path).open().jobs] == ["msg_1/0"]
