@@ -171,7 +171,7 @@ def run_sut(
             if not proc.alive():
                 raise RuntimeError(f"{sut} exited during {sc.name}")
             rows.append(row)
-        if args.idle > 0:
+        if args.idle > 0 and sut not in MMPY:
             print(f"  {sut}: idle ({args.idle:g} s)…", file=sys.stderr, flush=True)
             idle = measure_idle(proc, args.idle)
             for row in rows:
