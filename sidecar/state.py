@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: delivery history (history_sqlite.py); a version-1 file is migrated
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (skipped when nothing was committed)
-# Writes nobody waits on to send anything (a finished job, pruning) are held on the loop for up
-# to this long and then ride in the next transaction anyway (the next event's): a lone post
-# then costs one commit, one writer wake-up and one loop wake-up, not two of each. A crash
-# in this window resumes the job from its outbox row: at least once, as before.
+# Writes nobody waits on to send anything (a finished job, the cursor past a post that fired
+# nothing, pruning) are held on the loop for up to this long and ride in the next transaction
+# (the next event's): a lone post then costs one commit, not two. A crash in this window
+# resumes the job from its outbox row (at least once, as before) or catches the post up again.
 LINGER = 0.25
 # A write that comes alone (no other write in the last INLINE_GAP s, nothing queued for the
 # writer) is committed on the loop, at once: WAL + synchronous=NORMAL makes a commit a few
