@@ -25,6 +25,7 @@ import importlib.util
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,13 @@ def measure(h: Harness, proc: Proc, sut: str, sc: Scenario) -> dict[str, Any]:
     }
 
 
+def measure_idle(proc: Proc, seconds: float) -> float:
+    """CPU seconds the system spends in an hour with no posts: ``seconds`` measured, scaled."""
+    before = cpu_seconds(proc.pid)
+    time.sleep(seconds)
+    return round((cpu_seconds(proc.pid) - before) * 3600 / seconds, 2)
+
+
 def run_sut(
     h: Harness, sut: str, scenarios: list[Scenario], workdir: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -164,6 +172,11 @@ def run_sut(
             if not proc.alive():
                 raise RuntimeError(f"{sut} exited during {sc.name}")
             rows.append(row)
+        if args.idle > 0 and sut not in MMPY:
+            print(f"  {sut}: idle ({args.idle:g} s)…", file=sys.stderr, flush=True)
+            idle = measure_idle(proc, args.idle)
+            for row in rows:
+                row["idle_cpu_s_per_hour"] = idle
         peak = round(peak_rss_mib(proc.pid), 1)
         for row in rows:
             row["peak_rss_mib"] = peak
@@ -301,7 +314,68 @@ def targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[s
             at_least=False,
         ),
         *extra,
+        *close_to_the_limit(rows),
     ]
+
+
+def close_to_the_limit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sidecar against the forwarder: throughput, CPU per post (full speed and each fixed
+    rate), p99 post→callback at 100 posts/s. Each ratio is taken within one round (the two
+    systems back to back, on the same machine load) and the median round's ratio counts. A
+    ratio not measured is left out."""
+
+    def paired(scenario: str, value: Callable[[dict[str, Any]], float]) -> float | None:
+        by_round: dict[tuple[str, int], dict[str, Any]] = {
+            (r["sut"], r.get("round", 0)): r
+            for r in rows
+            if r["scenario"] == scenario and "error" not in r
+        }
+        ratios = sorted(
+            value(s) / value(f)
+            for (sut, n), s in by_round.items()
+            if sut == "sidecar" and (f := by_round.get(("forwarder", n))) and value(f)
+        )
+        return ratios[len(ratios) // 2] if ratios else None
+
+    out = []
+    tput = paired("max", lambda r: float(r["posts_per_s"]))
+    if tput is not None:
+        out.append(target("throughput sidecar / forwarder, same round", tput, 0.85, at_least=True))
+    scenarios = sorted({r["scenario"] for r in rows if "error" not in r}, key=_scenario_order)
+    for sc in scenarios:
+        if sc != "max" and not sc.startswith("rate"):
+            continue
+        cpu = paired(sc, lambda r: float(r["cpu_s_per_1000"]))
+        if cpu is not None:
+            limit = 1.25 if sc == "max" else 1.3
+            out.append(
+                target(
+                    f"CPU per post sidecar / forwarder ({sc}), same round",
+                    cpu,
+                    limit,
+                    at_least=False,
+                )
+            )
+    p99 = paired("rate100", lambda r: float(r["post_to_callback_ms"]["p99"]))
+    if p99 is not None:
+        out.append(
+            target(
+                "p99 post→callback at 100 posts/s sidecar / forwarder, same round",
+                p99,
+                1.2,
+                at_least=False,
+            )
+        )
+    return out
+
+
+SIDE_FWD = ("sidecar", "forwarder")
+
+
+def _scenario_order(name: str) -> tuple[int, float]:
+    if name.startswith("rate"):
+        return (1, -float(name.removeprefix("rate") or 0))
+    return (0 if name == "max" else 2, 0.0)
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -368,8 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="posts per full-speed run")
-    parser.add_argument("--rates", default="100", help="fixed rates, comma-separated (posts/s)")
-    parser.add_argument("--rate-n", type=int, default=600, help="posts per fixed-rate run")
+    parser.add_argument("--rates", default="100,10", help="fixed rates, comma-separated (posts/s)")
+    parser.add_argument(
+        "--rate-n",
+        type=int,
+        default=600,
+        help="posts per fixed-rate run (at most --rate-s seconds' worth at slower rates)",
+    )
+    parser.add_argument("--rate-s", type=float, default=20.0, help="longest fixed-rate run (s)")
+    parser.add_argument(
+        "--idle", type=float, default=30.0, help="seconds of idle CPU measured (0: none)"
+    )
     parser.add_argument("--slow-n", type=int, default=2000, help="posts with the slow callback")
     parser.add_argument("--delay", type=float, default=0.2, help="slow callback delay (s)")
     parser.add_argument("--slow-suts", default="sidecar,forwarder")
@@ -396,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.rate_n, args.slow_n, args.warmup = 100, 40, 128, 10
+        args.rates, args.idle = "100", 0.0
     suts = [s for s in args.suts.split(",") if s]
     if args.state == "postgresql" and "sidecar" in suts and "sidecar-pg" not in suts:
         suts.insert(suts.index("sidecar") + 1, "sidecar-pg")
@@ -450,10 +534,15 @@ def run_all(
             order = suts[round_no % len(suts) :] + suts[: round_no % len(suts)]
             for sut in order:
                 scenarios = [Scenario("max", args.n)]
-                scenarios += [Scenario(f"rate{r:g}", args.rate_n, rate=r) for r in rates]
+                scenarios += [
+                    Scenario(f"rate{r:g}", min(args.rate_n, max(1, int(r * args.rate_s))), rate=r)
+                    for r in rates
+                ]
                 if sut in slow_suts:
                     scenarios.append(Scenario("slow-callback", args.slow_n, delay=args.delay))
-                rows += run_sut(h, sut, scenarios, workdir, args)
+                rows += [
+                    {**r, "round": round_no} for r in run_sut(h, sut, scenarios, workdir, args)
+                ]
         if args.profile and "sidecar" in suts:
             print("  profiling the sidecar with py-spy…", file=sys.stderr, flush=True)
             profile = profile_sidecar(h, workdir, args)
@@ -473,6 +562,14 @@ def _print(
     print()
     print(relative(rows))
     print()
+    idle = [
+        (r["sut"], r["idle_cpu_s_per_hour"])
+        for r in rows
+        if r.get("scenario") == "max" and "idle_cpu_s_per_hour" in r
+    ]
+    if idle:
+        print(format_table(("system", f"idle CPU s/hour ({args.idle:g} s measured, scaled)"), idle))
+        print()
     print(targets_table(checks))
     if profile and "own" in profile:
         print(

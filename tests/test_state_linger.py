@@ -1,0 +1,107 @@
+"""SQLite state: writes nobody waits on to send anything ride in the next transaction.
+
+A finished job, a cursor moved past a post that fired nothing, pruning: held on the loop
+for up to ``LINGER`` and committed with the next write that someone waits on, so a lone
+post costs one commit (and one writer and loop wake-up), not two.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sidecar import state as state_mod
+from sidecar.state import DB_NAME, Job, State
+
+
+def job(n: int) -> Job:
+    return Job(
+        id=f"msg_{n}/0",
+        webhook="build",
+        url="https://ci.test/hook",
+        webhook_id=f"msg_{n}",
+        body=b"text=x",
+        content_type="application/x-www-form-urlencoded",
+        event="posted",
+        post_id=f"post{n}",
+        channel_id="chan",
+        root_id="",
+    )
+
+
+async def test_a_finished_job_rides_in_the_next_events_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 3600.0)  # only the next write can carry it
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    assert state.commits == 1
+    finished = state.finish_job("msg_1/0")
+    skipped = state.record_position("chan", 1002, [], 1002)  # a post that fired nothing
+    # Both are held on the loop: nothing was handed to the writer.
+    assert state._queue.qsize() == 0 and not finished.done() and not skipped.done()
+    await state.record([job(3)], "chan", 1003, ["post3"], 1003)
+    assert finished.done() and skipped.done()
+    assert state.commits == 2  # the next event's transaction carried both
+    await state.close()
+    snap = State(tmp_path).open()
+    assert [j.id for j in snap.jobs] == ["msg_3/0"] and snap.cursors == {"chan": 1003}
+
+
+async def test_a_lone_finished_job_is_committed_after_the_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 0.01)
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    await state.finish_job("msg_1/0")  # no other write follows: the timer sends it
+    assert state.commits == 2
+    await state.close()
+    assert State(tmp_path).open().jobs == []
+
+
+async def test_close_commits_what_is_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 3600.0)
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    finished = state.finish_job("msg_1/0")
+    await state.close()
+    assert finished.done() and finished.exception() is None
+    assert State(tmp_path).open().jobs == []
+
+
+async def test_a_lone_write_is_committed_on_the_loop_at_once(tmp_path: Path) -> None:
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    committed = state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    # No hand-off to the writer thread and back: done before the loop runs again.
+    assert committed.done() and state.commits == 1
+    await state.close()
+    assert [j.id for j in State(tmp_path).open().jobs] == ["msg_1/0"]
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_by_the_writer_not_the_loop(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # what `mm-sidecar redeliver` does while it writes
+    committed = state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    assert not committed.done()  # refused at once on the loop, queued for the writer
+    other.execute("COMMIT")
+    other.close()
+    await committed
+    assert state.commits == 1
+    await state.close()
+    assert [j.id for j in State(tmp_path).open().jobs] == ["msg_1/0"]
