@@ -106,6 +106,7 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset = 0  # ms: the server's clock minus ours, from the last Date header
+        self._date_text, self._date_ms = "", 0  # the last Date header and its value (ms)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base!r})"
@@ -201,13 +202,17 @@ class Transport:
     def _note_date(self, value: str | None, sent: int) -> None:
         if not value:
             return
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return
-        if when.tzinfo is None:
-            return
-        date = int(when.timestamp() * 1000)
+        if value == self._date_text:  # one parse per second of server time, not per answer
+            date = self._date_ms
+        else:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return
+            if when.tzinfo is None:
+                return
+            date = int(when.timestamp() * 1000)
+            self._date_text, self._date_ms = value, date
         low = date - local_now_ms()  # the server stamped it before we received it …
         high = date + 1000 - sent  # … within that second, after we sent the request
         self._clock_offset = 0 if low <= 0 <= high else low
