@@ -424,13 +424,25 @@ async def test_only_the_active_replica_joins_channels_and_polls_redeliveries(
             )
 
             pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
-            await wait_until(lambda: roles([b]) == ["active"], what="b took over")
+            # A new term begins (epoch 2) on whichever replica takes the lease first: b, or a
+            # again once it stood down (both try every lease_check_interval).
+            await wait_until(
+                lambda: (
+                    any(r.ha.lease.active and r.ha.lease.epoch >= 2 for r in (a, b))
+                    and sorted(roles([a, b])) == ["active", "standby"]
+                ),
+                what="a new active term",
+            )
+            new, old = (a, b) if a.ha.lease.active else (b, a)
+            assert old.pipeline is None
+            before_new, before_old = joined(new), joined(old)
             # The new active runs them: it joins the next channel and polls the history.
             late = mm.create_channel(world.team["id"], "late", "O", members=[world.alice["id"]])
-            await wait_until(lambda: joined(b) == 1, what="b joined the late channel")
+            await wait_until(lambda: joined(new) == before_new + 1, what="the late channel joined")
             assert world.bot["id"] in mm.store.channels[late["id"]].members
+            assert joined(old) == before_old
             await wait_until(
-                lambda: b.pipeline is not None and b.pipeline.history.polls > 0, what="b polls"
+                lambda: new.pipeline is not None and new.pipeline.history.polls > 0, what="polls"
             )
             mm.post(world.alice["id"], late["id"], "#build after the failover")
             [req] = await cb.wait_for(1)
