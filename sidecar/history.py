@@ -15,9 +15,10 @@ are SQLite (:mod:`sidecar.history_sqlite`, tables in the state file) and Postgre
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -213,3 +214,41 @@ class HistoryStore(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
+
+
+DEAD_SQL: Final = "outcome IN ({})".format(", ".join(f"'{o}'" for o in sorted(DEAD)))
+"""The SQL condition of a dead letter (the same in SQLite and PostgreSQL)."""
+
+
+def where_clause(query: Query, mark: str) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` of ``query`` (or "") and its arguments; ``mark`` is the driver's
+    placeholder (``?`` for sqlite3, ``%s`` for psycopg)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if query.failed:
+        clauses.append(DEAD_SQL)
+    if query.not_redelivered:
+        clauses.append("redelivered_at IS NULL")
+    for condition, value in (
+        ("webhook = ", query.webhook),
+        ("post_id = ", query.post_id),
+        ("finished_at >= ", query.since),
+    ):
+        if value is not None:
+            clauses.append(condition + mark)
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def delivery_from_row(row: Sequence[Any], *, bodies: bool) -> Delivery:
+    """A ``deliveries`` row (the columns in ``Delivery``'s field order) as a Delivery."""
+    headers, request_body, truncated, response_body, redelivery_of, redelivered_at = row[17:]
+    return Delivery(  # type: ignore[call-arg]  # the columns are the fields, in order
+        *row[:17],
+        json.loads(headers) if bodies else {},
+        bytes(request_body) if bodies else b"",
+        bool(truncated),
+        None if response_body is None or not bodies else bytes(response_body),
+        redelivery_of,
+        redelivered_at,
+    )

@@ -15,20 +15,21 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 
 from sidecar.history import (
-    DEAD,
+    DEAD_SQL,
     REDELIVER_STAGE,
     Delivery,
     HistoryError,
     Query,
     Queued,
     Retention,
+    delivery_from_row,
+    where_clause,
 )
 
 if TYPE_CHECKING:
     from sidecar.pgconn import PgTarget
     from sidecar.state import Job
 
-_DEAD_SQL: Final = "outcome IN ({})".format(", ".join(f"'{o}'" for o in sorted(DEAD)))
 
 MIGRATION: Final = [
     """CREATE TABLE IF NOT EXISTS deliveries (
@@ -59,7 +60,7 @@ MIGRATION: Final = [
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries(finished_at)",
     f"CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(webhook) "
-    f"WHERE {_DEAD_SQL} AND redelivered_at IS NULL",
+    f"WHERE {DEAD_SQL} AND redelivered_at IS NULL",
     "CREATE INDEX IF NOT EXISTS outbox_redeliver ON outbox(created_at) WHERE stage = 'redeliver'",
 ]
 
@@ -130,18 +131,18 @@ class PgHistory:
     # -- reading ---------------------------------------------------------------------------
 
     def find(self, query: Query) -> list[Delivery]:
-        where, args = _where(query)
+        where, args = where_clause(query, "%s")
         limit = " LIMIT %s" if query.limit > 0 else ""
         rows = self._rows(
             f"SELECT {_LIST_COLUMNS} FROM deliveries{where} "
             f"ORDER BY finished_at DESC, seq DESC{limit}",
             (*args, query.limit) if limit else args,
         )
-        return [_delivery(r, bodies=False) for r in rows]
+        return [delivery_from_row(r, bodies=False) for r in rows]
 
     def get(self, delivery_id: str) -> Delivery | None:
         rows = self._rows(f"SELECT {_COLUMNS} FROM deliveries WHERE id = %s", (delivery_id,))
-        return _delivery(rows[0], bodies=True) if rows else None
+        return delivery_from_row(rows[0], bodies=True) if rows else None
 
     def pending(self) -> list[Job]:
         from sidecar.jobs import job_from_row
@@ -159,7 +160,7 @@ class PgHistory:
 
     def dead_letters(self) -> dict[str, int]:
         rows = self._rows(
-            f"SELECT webhook, count(*) FROM deliveries WHERE {_DEAD_SQL} "
+            f"SELECT webhook, count(*) FROM deliveries WHERE {DEAD_SQL} "
             "AND redelivered_at IS NULL GROUP BY webhook"
         )
         return {str(w): int(n) for w, n in rows}
@@ -212,7 +213,7 @@ class PgHistory:
         day = 86400.0
         deleted = 0
         steps = (
-            (f"finished_at < %s AND NOT ({_DEAD_SQL})", now - retention.history_days * day),
+            (f"finished_at < %s AND NOT ({DEAD_SQL})", now - retention.history_days * day),
             (
                 "finished_at < %s",
                 now - max(retention.dead_letter_days, retention.history_days) * day,
@@ -226,7 +227,7 @@ class PgHistory:
                 deleted += n
                 if n < PRUNE_CHUNK:
                     break
-        for where in (f"NOT ({_DEAD_SQL})", "TRUE"):
+        for where in (f"NOT ({DEAD_SQL})", "TRUE"):
             excess = int(self._rows("SELECT count(*) FROM deliveries")[0][0]) - retention.max_rows
             while excess > 0:
                 n = min(excess, PRUNE_CHUNK)
@@ -247,35 +248,3 @@ class PgHistory:
         except psycopg.Error as exc:
             raise HistoryError(f"delivery history: {exc}") from exc
         return max(cur.rowcount, 0)
-
-
-def _where(query: Query) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if query.failed:
-        clauses.append(_DEAD_SQL)
-    if query.not_redelivered:
-        clauses.append("redelivered_at IS NULL")
-    if query.webhook is not None:
-        clauses.append("webhook = %s")
-        args.append(query.webhook)
-    if query.post_id is not None:
-        clauses.append("post_id = %s")
-        args.append(query.post_id)
-    if query.since is not None:
-        clauses.append("finished_at >= %s")
-        args.append(query.since)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
-
-
-def _delivery(row: tuple[Any, ...], *, bodies: bool) -> Delivery:
-    headers, request_body, truncated, response_body, redelivery_of, redelivered_at = row[17:]
-    return Delivery(  # type: ignore[call-arg]  # the columns are the fields, in order
-        *row[:17],
-        json.loads(headers) if bodies else {},
-        bytes(request_body) if bodies else b"",
-        bool(truncated),
-        None if response_body is None or not bodies else bytes(response_body),
-        redelivery_of,
-        redelivered_at,
-    )

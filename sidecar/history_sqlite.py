@@ -14,20 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.history import (
-    DEAD,
+    DEAD_SQL,
     REDELIVER_STAGE,
     Delivery,
     HistoryError,
     Query,
     Queued,
     Retention,
+    delivery_from_row,
+    where_clause,
 )
 
 if TYPE_CHECKING:
     from sidecar.state import Job
 
 # Dead letters, in SQL; the partial index below uses the same expression, so queries use it.
-_DEAD_SQL: Final = "outcome IN ({})".format(", ".join(f"'{o}'" for o in sorted(DEAD)))
 
 SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries(finished_at);
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(webhook)
-    WHERE {_DEAD_SQL} AND redelivered_at IS NULL;
+    WHERE {DEAD_SQL} AND redelivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_redeliver ON outbox(created_at) WHERE stage = 'redeliver';
 """
 
@@ -125,19 +126,19 @@ class SqliteHistory:
     # -- reading ---------------------------------------------------------------------------
 
     def find(self, query: Query) -> list[Delivery]:
-        where, args = _where(query)
+        where, args = where_clause(query, "?")
         sql = (
             f"SELECT {_LIST_COLUMNS} FROM deliveries{where} "
             "ORDER BY finished_at DESC, rowid DESC LIMIT ?"
         )
         rows = self.conn.execute(sql, (*args, query.limit if query.limit > 0 else -1))
-        return [_delivery(r, bodies=False) for r in rows]
+        return [delivery_from_row(r, bodies=False) for r in rows]
 
     def get(self, delivery_id: str) -> Delivery | None:
         row = self.conn.execute(
             f"SELECT {COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
         ).fetchone()
-        return None if row is None else _delivery(row, bodies=True)
+        return None if row is None else delivery_from_row(row, bodies=True)
 
     def pending(self) -> list[Job]:
         from sidecar.jobs import job_from_row
@@ -156,7 +157,7 @@ class SqliteHistory:
 
     def dead_letters(self) -> dict[str, int]:
         rows = self.conn.execute(
-            f"SELECT webhook, count(*) FROM deliveries WHERE {_DEAD_SQL} "
+            f"SELECT webhook, count(*) FROM deliveries WHERE {DEAD_SQL} "
             "AND redelivered_at IS NULL GROUP BY webhook"
         )
         return {str(w): int(n) for w, n in rows}
@@ -211,7 +212,7 @@ class SqliteHistory:
         steps = (
             # Delivered and other non-dead rows after history_days…
             (
-                f"finished_at < ? AND NOT ({_DEAD_SQL})",
+                f"finished_at < ? AND NOT ({DEAD_SQL})",
                 (now - retention.history_days * day,),
             ),
             # …dead letters after dead_letter_days (never before history_days).
@@ -226,7 +227,7 @@ class SqliteHistory:
         excess = total - retention.max_rows
         if excess > 0:
             # Over the cap: the oldest go, non-dead rows before dead letters.
-            deleted += self._delete_oldest(f"NOT ({_DEAD_SQL})", excess)
+            deleted += self._delete_oldest(f"NOT ({DEAD_SQL})", excess)
             total = int(self.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0])
             if total > retention.max_rows:
                 deleted += self._delete_oldest("1", total - retention.max_rows)
@@ -257,35 +258,3 @@ class SqliteHistory:
             if cur.rowcount < n:
                 break
         return deleted
-
-
-def _where(query: Query) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if query.failed:
-        clauses.append(_DEAD_SQL)
-    if query.not_redelivered:
-        clauses.append("redelivered_at IS NULL")
-    if query.webhook is not None:
-        clauses.append("webhook = ?")
-        args.append(query.webhook)
-    if query.post_id is not None:
-        clauses.append("post_id = ?")
-        args.append(query.post_id)
-    if query.since is not None:
-        clauses.append("finished_at >= ?")
-        args.append(query.since)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
-
-
-def _delivery(row: tuple[Any, ...], *, bodies: bool) -> Delivery:
-    headers, request_body, truncated, response_body, redelivery_of, redelivered_at = row[17:]
-    return Delivery(  # type: ignore[call-arg]  # the columns are the fields, in order
-        *row[:17],
-        json.loads(headers) if bodies else {},
-        bytes(request_body) if bodies else b"",
-        bool(truncated),
-        None if response_body is None or not bodies else bytes(response_body),
-        redelivery_of,
-        redelivered_at,
-    )

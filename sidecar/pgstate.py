@@ -26,13 +26,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sidecar import history_pg, writes
+from sidecar import history_pg
 from sidecar.backend import Fenced, StateUnavailable
-from sidecar.jobs import Job, Snapshot, job_from_row
+from sidecar.jobs import Snapshot, job_from_row
 from sidecar.pgconn import PgTarget
 from sidecar.state import WRITE_RETRY_FOR, StateError
 from sidecar.statefile import LEGACY_START_ROW, START_KEY
-from sidecar.writes import Command, Rows
+from sidecar.writes import Command, CommandWriter, Rows
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def replace_all(
             cur.executemany(history_pg.INSERT.encode(), history)
 
 
-class PgState:
+class PgState(CommandWriter):
     """The state in PostgreSQL and its writer task (same interface as ``State``)."""
 
     def __init__(self, target: PgTarget, *, retry_for: float = RETRY_FOR) -> None:
@@ -251,45 +251,9 @@ class PgState:
         self._queue.put_nowait((command, future))
         return future
 
-    def add_jobs(self, jobs: Sequence[Job]) -> asyncio.Future[None]:
-        """Record new deliveries (before they are sent)."""
-        return self._submit(writes.AddJobs(tuple(jobs)))
-
-    def update_job(self, job: Job) -> asyncio.Future[None]:
-        """Record a job's new stage, attempt count, response and next attempt time."""
-        return self._submit(writes.UpdateJob.of(job))
-
-    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
-        """Remove a finished job and add its history row (``history.entry``) in one transaction."""
-        return self._submit(writes.FinishJob(job_id, entry))
-
-    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
-        """Mark outbox rows queued by ``redeliver`` as taken by this replica."""
-        return self._submit(writes.Claim(tuple(job_ids)))
-
     def open_history(self) -> history_pg.PgHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""
         return history_pg.PgHistory.connect(self.target)
-
-    def record_position(
-        self, channel_id: str, create_at: int, keys: Sequence[str], at: int
-    ) -> asyncio.Future[None]:
-        """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
-        return self._submit(writes.record_position(channel_id, create_at, keys, at))
-
-    def record(
-        self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
-    ) -> asyncio.Future[None]:
-        """`add_jobs` and `record_position` in one transaction (see ``State.record``)."""
-        return self._submit(writes.record(jobs, channel_id, create_at, keys, at))
-
-    def record_start(self, position: int) -> asyncio.Future[None]:
-        """Save where processing began (server ms): the cursor of channels without one."""
-        return self._submit(writes.RecordStart(position))
-
-    def prune_seen(self, older_than: int) -> asyncio.Future[None]:
-        """Forget processed keys older than ``older_than`` (ms)."""
-        return self._submit(writes.PruneSeen(older_than))
 
     # -- the writer task -------------------------------------------------------------------
 

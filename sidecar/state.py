@@ -17,9 +17,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sidecar import history_sqlite, writes
 from sidecar.errors import StateError as StateError
@@ -30,7 +29,7 @@ from sidecar.statefile import DB_NAME as DB_NAME
 from sidecar.statefile import LOCK_NAME as LOCK_NAME
 from sidecar.statefile import SCHEMA_VERSION as SCHEMA_VERSION
 from sidecar.statefile import START_KEY, StateFile
-from sidecar.writes import Command, Rows
+from sidecar.writes import Command, CommandWriter, Rows
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ BUSY_TIMEOUT_MS = 5000  # sqlite3.connect's default
 WRITE_RETRY_FOR = 60.0  # seconds a failing commit (disk full, I/O error) is retried before exit 1
 
 
-class State:
+class State(CommandWriter):
     """The SQLite file under ``state_dir`` and its writer thread."""
 
     def __init__(self, state_dir: Path, *, write_retry_for: float = WRITE_RETRY_FOR) -> None:
@@ -175,50 +174,9 @@ class State:
         for item in held:
             self._queue.put(item)
 
-    def add_jobs(self, jobs: Sequence[Job]) -> asyncio.Future[None]:
-        """Record new deliveries (before they are sent)."""
-        return self._submit(writes.AddJobs(tuple(jobs)))
-
-    def update_job(self, job: Job) -> asyncio.Future[None]:
-        """Record a job's new stage, attempt count, response and next attempt time."""
-        return self._submit(writes.UpdateJob.of(job))
-
-    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
-        """Remove a finished job and add its history row (``history.entry``) in one transaction."""
-        return self._submit(writes.FinishJob(job_id, entry))
-
-    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
-        """Mark outbox rows queued by ``redeliver`` as taken by this daemon."""
-        return self._submit(writes.Claim(tuple(job_ids)))
-
     def open_history(self) -> history_sqlite.SqliteHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""
         return history_sqlite.SqliteHistory.connect(self.path)
-
-    def record_position(
-        self, channel_id: str, create_at: int, keys: Sequence[str], at: int
-    ) -> asyncio.Future[None]:
-        """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
-        return self._submit(writes.record_position(channel_id, create_at, keys, at))
-
-    def record(
-        self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
-    ) -> asyncio.Future[None]:
-        """`add_jobs` and `record_position` in one transaction.
-
-        A crash then leaves either both (the outbox resumes the jobs, the post is not matched
-        again) or neither (catch-up finds the post again): never a post marked processed
-        whose deliveries were lost, nor jobs that a catch-up would queue a second time.
-        """
-        return self._submit(writes.record(jobs, channel_id, create_at, keys, at))
-
-    def record_start(self, position: int) -> asyncio.Future[None]:
-        """Save where processing began (server ms): the cursor of channels without one."""
-        return self._submit(writes.RecordStart(position))
-
-    def prune_seen(self, older_than: int) -> asyncio.Future[None]:
-        """Forget processed keys older than ``older_than`` (ms)."""
-        return self._submit(writes.PruneSeen(older_than))
 
     # -- the writer thread -----------------------------------------------------------------
 

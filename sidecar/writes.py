@@ -8,6 +8,7 @@ writes the rows with its own SQL (``state.write_sqlite``, ``pgstate._write``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,3 +173,52 @@ def job_row(j: Job) -> tuple[Any, ...]:
         j.created_at,
         j.next_at,
     )
+
+
+class CommandWriter:
+    """The state's write methods, one command each (both backends queue them the same way:
+    ``_submit`` hands a command to the backend's writer and returns the future of its commit)."""
+
+    def _submit(self, command: Command) -> asyncio.Future[None]:
+        raise NotImplementedError
+
+    def add_jobs(self, jobs: Sequence[Job]) -> asyncio.Future[None]:
+        """Record new deliveries (before they are sent)."""
+        return self._submit(AddJobs(tuple(jobs)))
+
+    def update_job(self, job: Job) -> asyncio.Future[None]:
+        """Record a job's new stage, attempt count, response and next attempt time."""
+        return self._submit(UpdateJob.of(job))
+
+    def finish_job(self, job_id: str, entry: tuple[Any, ...] | None = None) -> asyncio.Future[None]:
+        """Remove a finished job and add its history row (``history.entry``) in one transaction."""
+        return self._submit(FinishJob(job_id, entry))
+
+    def claim_redeliveries(self, job_ids: Sequence[str]) -> asyncio.Future[None]:
+        """Mark outbox rows queued by ``redeliver`` as taken by this daemon (or replica)."""
+        return self._submit(Claim(tuple(job_ids)))
+
+    def record_position(
+        self, channel_id: str, create_at: int, keys: Sequence[str], at: int
+    ) -> asyncio.Future[None]:
+        """Advance a channel's cursor to ``create_at`` and remember ``keys`` (as of ``at`` ms)."""
+        return self._submit(record_position(channel_id, create_at, keys, at))
+
+    def record(
+        self, jobs: Sequence[Job], channel_id: str, create_at: int, keys: Sequence[str], at: int
+    ) -> asyncio.Future[None]:
+        """`add_jobs` and `record_position` in one transaction.
+
+        A crash then leaves either both (the outbox resumes the jobs, the post is not matched
+        again) or neither (catch-up finds the post again): never a post marked processed
+        whose deliveries were lost, nor jobs that a catch-up would queue a second time.
+        """
+        return self._submit(record(jobs, channel_id, create_at, keys, at))
+
+    def record_start(self, position: int) -> asyncio.Future[None]:
+        """Save where processing began (server ms): the cursor of channels without one."""
+        return self._submit(RecordStart(position))
+
+    def prune_seen(self, older_than: int) -> asyncio.Future[None]:
+        """Forget processed keys older than ``older_than`` (ms)."""
+        return self._submit(PruneSeen(older_than))

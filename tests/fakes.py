@@ -235,3 +235,19 @@ def job(url: str = "https://hooks.example.com/hook", *, webhook: str = "hook") -
         channel_id=CHANNEL.id,
         root_id="",
     )
+
+
+def numbered_job(n: int, *, body: bytes = b"x", content_type: str = "application/json") -> Job:
+    """The n-th job of a state test: webhook "build", channel "chan", post "post{n}"."""
+    return Job(
+        id=f"msg_{n}/0",
+        webhook="build",
+        url="https://ci.test/hook",
+        webhook_id=f"msg_{n}",
+        body=body,
+        content_type=content_type,
+        event="posted",
+        post_id=f"post{n}",
+        channel_id="chan",
+        root_id="",
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fakes import numbered_job
 
 from pg import Cluster
 from sidecar.lease import Lease
@@ -17,18 +18,7 @@ from sidecar.state import Job
 
 
 def job(n: int) -> Job:
-    return Job(
-        id=f"msg_{n}/0",
-        webhook="build",
-        url="https://ci.test/hook",
-        webhook_id=f"msg_{n}",
-        body=b"x",
-        content_type="application/json",
-        event="posted",
-        post_id=f"post{n}",
-        channel_id="chan",
-        root_id="",
-    )
+    return numbered_job(n, body=b"x", content_type="application/json")
 
 
 @pytest.fixture

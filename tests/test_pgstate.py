@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from fakes import numbered_job
 
 from pg import Cluster
 from sidecar.backend import StateUnavailable
@@ -16,18 +17,7 @@ from sidecar.state import Job, StateError
 
 
 def job(n: int) -> Job:
-    return Job(
-        id=f"msg_{n}/0",
-        webhook="build",
-        url="https://ci.test/hook",
-        webhook_id=f"msg_{n}",
-        body=b"x",
-        content_type="application/json",
-        event="posted",
-        post_id=f"post{n}",
-        channel_id="chan",
-        root_id="",
-    )
+    return numbered_job(n, body=b"x", content_type="application/json")
 
 
 def db_of(url: str) -> str:

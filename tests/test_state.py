@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fakes import numbered_job
 
 from sidecar.backend import StateBackend
 from sidecar.state import DB_NAME, Job, Snapshot, State, StateError
@@ -41,17 +42,8 @@ async def reopen(make_state: Factory) -> Snapshot:
 
 
 def job(n: int) -> Job:
-    return Job(
-        id=f"msg_{n}/0",
-        webhook="build",
-        url="https://ci.test/hook",
-        webhook_id=f"msg_{n}",
-        body=b"token=x&text=%23build",
-        content_type="application/x-www-form-urlencoded",
-        event="posted",
-        post_id=f"post{n}",
-        channel_id="chan",
-        root_id="",
+    return numbered_job(
+        n, body=b"token=x&text=%23build", content_type="application/x-www-form-urlencoded"
     )
 
 

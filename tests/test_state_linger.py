@@ -11,24 +11,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from fakes import numbered_job
 
 from sidecar import state as state_mod
 from sidecar.state import DB_NAME, Job, State
 
 
 def job(n: int) -> Job:
-    return Job(
-        id=f"msg_{n}/0",
-        webhook="build",
-        url="https://ci.test/hook",
-        webhook_id=f"msg_{n}",
-        body=b"text=x",
-        content_type="application/x-www-form-urlencoded",
-        event="posted",
-        post_id=f"post{n}",
-        channel_id="chan",
-        root_id="",
-    )
+    return numbered_job(n, body=b"text=x", content_type="application/x-www-form-urlencoded")
 
 
 async def test_a_finished_job_rides_in_the_next_events_transaction(

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from fakes import numbered_job
 
 from pg import Cluster
 from sidecar import migrate, writes
@@ -20,18 +21,7 @@ from sidecar.writes import AddJobs, Claim, FinishJob, PruneSeen, RecordStart, Ro
 
 
 def job(n: int) -> Job:
-    return Job(
-        id=f"msg_{n}/0",
-        webhook="build",
-        url="https://ci.test/hook",
-        webhook_id=f"msg_{n}",
-        body=b"x",
-        content_type="application/json",
-        event="posted",
-        post_id=f"post{n}",
-        channel_id="chan",
-        root_id="",
-    )
+    return numbered_job(n, body=b"x", content_type="application/json")
 
 
 # -- the commands, folded into one transaction's rows -----------------------------------------
