@@ -252,3 +252,25 @@ def delivery_from_row(row: Sequence[Any], *, bodies: bool) -> Delivery:
         redelivery_of,
         redelivered_at,
     )
+
+
+def redelivery_job(d: Delivery, now: float) -> Job:
+    """The outbox row that sends ``d`` again: the same body and ``webhook-id``, queued by
+    ``redeliver`` (stage REDELIVER_STAGE) and linked to the delivery it repeats."""
+    from sidecar.state import Job
+
+    return Job(
+        id=d.job_id,
+        webhook=d.webhook,
+        url=d.url,
+        webhook_id=d.webhook_id,
+        body=d.request_body,
+        content_type=d.content_type,
+        event=d.event,
+        post_id=d.post_id,
+        channel_id=d.channel_id,
+        root_id=d.root_id,
+        created_at=now,
+        stage=REDELIVER_STAGE,
+        redelivery_of=d.id,
+    )

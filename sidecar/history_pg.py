@@ -23,6 +23,7 @@ from sidecar.history import (
     Queued,
     Retention,
     delivery_from_row,
+    redelivery_job,
     where_clause,
 )
 
@@ -168,7 +169,6 @@ class PgHistory:
     # -- writing ---------------------------------------------------------------------------
 
     def redeliver(self, deliveries: Iterable[Delivery], now: float) -> list[Queued]:
-        from sidecar.state import Job
 
         results: list[Queued] = []
         try:
@@ -177,21 +177,7 @@ class PgHistory:
                     if d.request_truncated:
                         results.append(Queued(d, False, "its request body was cut at 64 KiB"))
                         continue
-                    job = Job(
-                        id=d.job_id,
-                        webhook=d.webhook,
-                        url=d.url,
-                        webhook_id=d.webhook_id,
-                        body=d.request_body,
-                        content_type=d.content_type,
-                        event=d.event,
-                        post_id=d.post_id,
-                        channel_id=d.channel_id,
-                        root_id=d.root_id,
-                        created_at=now,
-                        stage=REDELIVER_STAGE,
-                        redelivery_of=d.id,
-                    )
+                    job = redelivery_job(d, now)
                     cur = self.conn.execute(
                         "INSERT INTO outbox VALUES (%s, %s, %s, 0, %s, %s, NULL, %s, 0) "
                         "ON CONFLICT (id) DO NOTHING",

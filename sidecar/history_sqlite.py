@@ -22,6 +22,7 @@ from sidecar.history import (
     Queued,
     Retention,
     delivery_from_row,
+    redelivery_job,
     where_clause,
 )
 
@@ -165,7 +166,6 @@ class SqliteHistory:
     # -- writing ---------------------------------------------------------------------------
 
     def redeliver(self, deliveries: Iterable[Delivery], now: float) -> list[Queued]:
-        from sidecar.state import Job  # state.py imports this module
 
         results: list[Queued] = []
         conn = self.conn
@@ -175,21 +175,7 @@ class SqliteHistory:
                 if d.request_truncated:
                     results.append(Queued(d, False, "its request body was cut at 64 KiB"))
                     continue
-                job = Job(
-                    id=d.job_id,
-                    webhook=d.webhook,
-                    url=d.url,
-                    webhook_id=d.webhook_id,
-                    body=d.request_body,
-                    content_type=d.content_type,
-                    event=d.event,
-                    post_id=d.post_id,
-                    channel_id=d.channel_id,
-                    root_id=d.root_id,
-                    created_at=now,
-                    stage=REDELIVER_STAGE,
-                    redelivery_of=d.id,
-                )
+                job = redelivery_job(d, now)
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, 0, ?, ?, NULL, ?, 0)",
                     (job.id, job.webhook, job.stage, job.meta(), job.body, now),
