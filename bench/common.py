@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -181,6 +181,7 @@ class Load:
     replied: dict[str, float]
     complete: bool
     gc_max_ms: float = 0.0  # the emulator's longest garbage-collection pause meanwhile
+    rest_calls: dict[str, int] = field(default_factory=dict)  # by method and route
 
 
 class Harness:
@@ -257,6 +258,7 @@ class Harness:
             dict(got["replied"]),
             bool(got["complete"]),
             float(got.get("gc_max_ms", 0.0)),
+            dict(got.get("rest_calls", {})),
         )
 
     def replied_count(self) -> int:

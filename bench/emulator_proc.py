@@ -27,8 +27,10 @@ import contextlib
 import gc
 import json
 import logging
+import re
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +92,7 @@ class LoadGenerator:
         """Post ``n`` messages, then (with ``wait``) wait for their replies."""
         self.reset()
         self._expected = n
+        calls_before = len(self.emu.rest_calls)
         started = time.monotonic()
         for i in range(n):
             if rate > 0:
@@ -110,6 +113,7 @@ class LoadGenerator:
             "replied": self.replied,
             "complete": len(self.replied) >= n,
             "gc_max_ms": round(max(self.gc_pauses, default=0.0) * 1000, 2),
+            "rest_calls": rest_call_counts(self.emu.rest_calls[calls_before:]),
         }
 
     def connected(self) -> bool:
@@ -118,6 +122,15 @@ class LoadGenerator:
             c.user_id == self.bot_id and c.socket is not None
             for c in self.emu.hub.connections.values()
         )
+
+
+_ID = re.compile(r"/[a-z0-9]{26}(?=/|$)")
+
+
+def rest_call_counts(calls: list[tuple[str, str]]) -> dict[str, int]:
+    """REST calls made during a run, by method and route (ids shown as ``{id}``)."""
+    counts = Counter(f"{method} {_ID.sub('/{id}', path)}" for method, path in calls)
+    return dict(counts.most_common())
 
 
 def _app(gen: LoadGenerator) -> web.Application:

@@ -141,6 +141,8 @@ def measure(h: Harness, proc: Proc, sut: str, sc: Scenario) -> dict[str, Any]:
         "callback_cpu_s_per_1000": round(used["callback"] * 1000 / max(done, 1), 3),
         "cores_busy": round(sum(used.values()) / (last - first), 2) if last > first else 0.0,
         "emulator_gc_max_ms": load.gc_max_ms,
+        # REST calls the system made to the emulator per post (replies, lookups, …)
+        "rest_calls_per_post": {k: round(v / max(done, 1), 3) for k, v in load.rest_calls.items()},
         # Anything else on the machine meanwhile (other jobs: noise).
         "other_cores_busy": round(max(0.0, others) / (last - first), 2) if last > first else 0.0,
     }
@@ -192,9 +194,13 @@ def run_sut(
 
 
 def profile_sidecar(h: Harness, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One more full-speed sidecar run with py-spy attached (kept out of the measured runs)."""
+    """One more sidecar run with py-spy attached (kept out of the measured runs): full speed,
+    or ``--profile-rate`` posts/s (where the per-event cost that batching hides shows)."""
     proc = Proc(
-        "sidecar-profiled", sut_argv("sidecar", h, workdir / "profiled", 64), workdir, ready=False
+        f"{args.profile_sut}-profiled",
+        sut_argv(args.profile_sut, h, workdir / "profiled", 64),
+        workdir,
+        ready=False,
     )
     raw_path = workdir / "sidecar-profile.txt"
     try:
@@ -209,7 +215,7 @@ def profile_sidecar(h: Harness, workdir: Path, args: argparse.Namespace) -> dict
                 "-p",
                 str(proc.pid),
                 "-r",
-                "250",
+                "250" if args.profile_rate <= 0 else "1000",
                 "-f",
                 "raw",
                 "-o",
@@ -219,7 +225,11 @@ def profile_sidecar(h: Harness, workdir: Path, args: argparse.Namespace) -> dict
             ready=False,
         )
         time.sleep(0.5)
-        row = measure(h, proc, "sidecar (profiled)", Scenario("max", max(args.n, 3000)))
+        if args.profile_rate > 0:
+            scenario = Scenario(f"rate{args.profile_rate:g}", args.rate_n, rate=args.profile_rate)
+        else:
+            scenario = Scenario("max", max(args.n, 3000))
+        row = measure(h, proc, f"{args.profile_sut} (profiled)", scenario)
         spy.stop(sig=signal.SIGINT)
         summary = summarize_profile(raw_path.read_text()) if raw_path.exists() else {}
         return {"run": row, "raw": str(raw_path), **summary}
@@ -468,6 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         "--mmpy-fresh", action="store_true", help="mmpy_bot plugins make a client per call"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar afterwards")
+    parser.add_argument(
+        "--profile-rate",
+        type=float,
+        default=0.0,
+        help="with --profile: profile at this rate (posts/s) instead of full speed",
+    )
+    parser.add_argument(
+        "--profile-sut", default="sidecar", help="with --profile: the system profiled"
+    )
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     parser.add_argument(
         "--state",
@@ -543,7 +562,7 @@ def run_all(
                 rows += [
                     {**r, "round": round_no} for r in run_sut(h, sut, scenarios, workdir, args)
                 ]
-        if args.profile and "sidecar" in suts:
+        if args.profile and args.profile_sut in suts:
             print("  profiling the sidecar with py-spy…", file=sys.stderr, flush=True)
             profile = profile_sidecar(h, workdir, args)
     return rows, profile

@@ -90,9 +90,16 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
-    """The text format; the time string is made once per second, not once per line."""
+    """``[HH:MM:SS.mmm ]LEVEL   logger            message``; the time string is made once per
+    second, and a line without a traceback is put together directly (a line per decision is
+    on the hot path; ``logging.Formatter.format`` does several steps for the same result)."""
 
     _stamp: tuple[int, str] = (-1, "")
+
+    def __init__(self, *, stamped: bool) -> None:
+        stamp = "%(asctime)s.%(msecs)03d " if stamped else ""
+        super().__init__(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+        self._stamped = stamped
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -100,13 +107,37 @@ class _TextFormatter(logging.Formatter):
             self._stamp = (second, time.strftime(datefmt or "%H:%M:%S", time.localtime(second)))
         return self._stamp[1]
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        line = f"{record.levelname:<7} {record.name:<17} {record.message}"
+        if self._stamped:
+            return f"{self.formatTime(record)}.{int(record.msecs):03d} {line}"
+        return line
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes each line in one call: stderr is line-buffered, so the
+    newline already flushed it (no second flush per line); other streams are flushed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + "\n")
+            if not getattr(stream, "line_buffering", False):
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
 
 def _formatter(fmt: str) -> logging.Formatter:
     if fmt == "json":
         return _JsonFormatter()
     # journald stamps every line itself; elsewhere a short local time helps.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s.%(msecs)03d "
-    return _TextFormatter(stamp + "%(levelname)-7s %(name)-17s %(message)s", "%H:%M:%S")
+    return _TextFormatter(stamped=not os.environ.get("JOURNAL_STREAM"))
 
 
 def set_log_format(fmt: str) -> None:
@@ -120,7 +151,7 @@ def setup_logging(
     fmt: str = "text", secrets: Sequence[str] = (), level: int = logging.INFO
 ) -> None:
     """Configure the root logger for the process (libraries never do this)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(_formatter(fmt))
     handler.addFilter(_Redact(secrets))
     # A log line per decision is on the hot path: skip what no format here prints (the

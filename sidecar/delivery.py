@@ -273,8 +273,11 @@ class CallbackClient:
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes | None:
     """The body, or ``None`` when it is over MAX_RESPONSE_BYTES (counted after decompression)."""
-    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+    length = resp.content_length
+    if length is not None and length > MAX_RESPONSE_BYTES:
         return None
+    if length is not None and "Content-Encoding" not in resp.headers:
+        return await resp.content.read()  # the parser stops at Content-Length: at most that
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):

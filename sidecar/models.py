@@ -75,6 +75,42 @@ class Post:
         file_ids = d.get("file_ids") or []
         if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
             raise ObjectError("'file_ids' must be a list of strings")
+        get = d.get
+        ident, channel_id, user_id = get("id"), get("channel_id"), get("user_id")
+        message, root_id, kind = get("message"), get("root_id"), get("type", "")
+        create_at, update_at = get("create_at"), get("update_at")
+        edit_at, delete_at = get("edit_at"), get("delete_at")
+        # The usual shape, checked at once (every post of the websocket comes this way);
+        # anything else goes through the field-by-field checks and their messages.
+        if (
+            type(ident) is str
+            and type(channel_id) is str
+            and type(user_id) is str
+            and type(message) is str
+            and type(root_id) is str
+            and type(kind) is str
+            and type(create_at) is int
+            and type(update_at) is int
+            and type(edit_at) is int
+            and type(delete_at) is int
+            and ident
+            and channel_id
+        ):
+            return cls(
+                ident,
+                channel_id,
+                user_id,
+                create_at,
+                message,
+                update_at,
+                edit_at,
+                delete_at,
+                root_id,
+                kind,
+                dict(props),
+                tuple(file_ids),
+                _reactions(get("metadata")),
+            )
         return cls(
             id=_str(d, "id", required=True),
             channel_id=_str(d, "channel_id", required=True),

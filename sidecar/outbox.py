@@ -10,6 +10,7 @@ here (their rows are already in the outbox), and one slow callback holds only it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -32,6 +33,7 @@ from sidecar.state import Job
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=256)  # a handful of configured URLs, each logged per delivery
 def safe_url(url: str) -> str:
     """A callback URL fit for a log line: no query (it may carry a secret), no credentials."""
     parts = urlsplit(url)
@@ -84,6 +86,8 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()  # job ids queued or in flight (redelivery skips them)
         self.counters = Counters()
+        # Read when scraped, not set on every change (two updates per delivery otherwise).
+        metrics.outbox_depth.set_function(lambda: len(self._tasks))
 
     @property
     def depth(self) -> int:
@@ -104,11 +108,9 @@ class Outbox:
             task = asyncio.create_task(self._run(job, shared, runtime), name=f"job {job.id}")
             self._tasks.add(task)
             task.add_done_callback(self._done)
-        self._metrics.outbox_depth.set(len(self._tasks))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._metrics.outbox_depth.set(len(self._tasks))
         if not task.cancelled() and task.exception() is not None:
             self._on_fatal(task.exception())  # type: ignore[arg-type]
 

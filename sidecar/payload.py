@@ -87,7 +87,12 @@ def _query_escape(text: str) -> str:
 
 def go_form(fields: Mapping[str, str]) -> str:
     """``fields`` encoded like Go's ``url.Values.Encode``: sorted keys, QueryEscape."""
-    return "&".join(f"{_query_escape(k)}={_query_escape(v)}" for k, v in sorted(fields.items()))
+    plain = _UNRESERVED.fullmatch
+    parts = []
+    for k, v in sorted(fields.items()):
+        # Ids, names and timestamps need no escaping (the hot path: most fields, every post).
+        parts.append(f"{k if plain(k) else _query_escape(k)}={v if plain(v) else _query_escape(v)}")
+    return "&".join(parts)
 
 
 def webhook_id(post_id: str, webhook_name: str, event: EventName, discriminator: str = "") -> str:

@@ -45,9 +45,9 @@ _LAZY = (writes.FinishJob, writes.PruneSeen, writes.RecordPosition)
 # writes into the page cache, no fsync (checkpoints have their own thread), which costs less
 # than handing it to the writer thread and being woken up again. Under load the writer
 # thread still groups each burst into one transaction. A lock held by another process
-# (``mm-sidecar redeliver``) is not waited for on the loop: the writer thread takes over.
+# (``mm-sidecar redeliver``) is not waited for on the loop: the writer thread takes over
+# (the loop commits on a connection of its own whose busy timeout is 0).
 INLINE_GAP = 0.005
-BUSY_TIMEOUT_MS = 5000  # sqlite3.connect's default
 WRITE_RETRY_FOR = 60.0  # seconds a failing commit (disk full, I/O error) is retried before exit 1
 
 
@@ -64,6 +64,7 @@ class State(CommandWriter):
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None  # the loop's, never waits for a lock
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
         self._checkpointer: threading.Thread | None = None
@@ -73,6 +74,7 @@ class State(CommandWriter):
         self._written = 0  # … of which it has finished (counted by the writer thread)
         self._last_write = 0.0  # loop time of the last write someone waits on
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._held_since = 0.0  # loop time of the oldest held write
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class State(CommandWriter):
     def start_writer(self) -> None:
         """Start the writer and checkpoint threads; call from the loop that awaits writes."""
         self._loop = asyncio.get_running_loop()
+        self._inline = self._file.connect_nowait()
         self._thread = threading.Thread(target=self._writer, name="mm-sidecar-state", daemon=True)
         self._thread.start()
         self._checkpointer = threading.Thread(
@@ -111,9 +114,10 @@ class State(CommandWriter):
             self._stop_checkpoints.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._inline, self._conn):
+            if conn is not None:
+                conn.close()
+        self._inline = self._conn = None
         self._file.unlock()
 
     # -- writes (each returns a future resolved after commit) ------------------------------
@@ -123,9 +127,11 @@ class State(CommandWriter):
             raise RuntimeError("state writer not started")
         future: asyncio.Future[None] = self._loop.create_future()
         if isinstance(command, _LAZY):
+            if not self._held:
+                self._held_since = self._loop.time()
             self._held.append((command, future))
             if self._flush_timer is None:
-                self._flush_timer = self._loop.call_later(LINGER, self._flush_held)
+                self._flush_timer = self._loop.call_later(LINGER, self._linger_over)
             return future
         now = self._loop.time()
         alone, self._last_write = now - self._last_write >= INLINE_GAP, now
@@ -139,30 +145,35 @@ class State(CommandWriter):
     def _commit_inline(self, item: tuple[Command, asyncio.Future[None]]) -> bool:
         """Commit the held writes and ``item`` on the loop; False (nothing changed) when that
         fails or would wait for another process's lock: the writer thread then takes them."""
-        conn = self._conn
+        conn = self._inline
         if conn is None:
             return False
         items = [*self._held, item]
         rows = Rows.of([command for command, _ in items])
         try:
-            conn.execute("PRAGMA busy_timeout=0")
-            try:
-                conn.execute("BEGIN")
-                write_sqlite(conn, rows)
-                conn.execute("COMMIT")
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("BEGIN")
+            write_sqlite(conn, rows)
+            conn.execute("COMMIT")
         except Exception:  # the writer thread retries, logs and reports it
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             return False
         self.commits += 1
-        self._held = []
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        self._held = []  # the linger timer stays: one per LINGER, not one per write
         _resolve([f for _, f in items], None)
         return True
+
+    def _linger_over(self) -> None:
+        """The linger timer: hand over what was held for LINGER s, or wait for what is younger."""
+        self._flush_timer = None
+        if not self._held:
+            return
+        assert self._loop is not None
+        left = self._held_since + LINGER - self._loop.time()
+        if left > 0:
+            self._flush_timer = self._loop.call_later(left, self._linger_over)
+        else:
+            self._flush_held()
 
     def _flush_held(self) -> None:
         """Hand the held lazy writes to the writer (they go in before the write that follows)."""

@@ -129,6 +129,15 @@ class StateFile:
             raise explained from exc
         return conn, snapshot
 
+    def connect_nowait(self) -> sqlite3.Connection:
+        """One more connection to the opened file, with the same settings, that never waits
+        for another connection's lock (busy timeout 0: it fails at once instead)."""
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return conn
+
     def _explain(self, exc: BaseException) -> BaseException:
         if isinstance(exc, sqlite3.DatabaseError):
             return StateError(
