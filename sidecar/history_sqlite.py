@@ -144,10 +144,12 @@ class SqliteHistory:
     def pending(self) -> list[Job]:
         from sidecar.jobs import job_from_row
 
+        # The stage as a literal, not a parameter: the query then matches the partial index
+        # (outbox_redeliver) when it is prepared, once; with a parameter SQLite prepares it
+        # again at every run to see whether the index applies (most of an idle second's work).
         rows = self.conn.execute(
             "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
-            "FROM outbox WHERE stage = ? ORDER BY created_at",
-            (REDELIVER_STAGE,),
+            f"FROM outbox WHERE stage = '{REDELIVER_STAGE}' ORDER BY created_at"
         )
         jobs = []
         for r in rows:

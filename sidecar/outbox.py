@@ -58,6 +58,7 @@ class Counters:
     delivered: int = 0
     failed: int = 0
     dropped: int = 0  # not delivered: a reload removed the webhook or the callback URL
+    dead_letters: int = 0  # dead letters whose history row is committed (the gauge recounts)
 
 
 class Outbox:
@@ -223,6 +224,8 @@ class Outbox:
             time.time(),
         )
         await self._state.finish_job(job.id, entry)
+        if outcome in history.DEAD:
+            self.counters.dead_letters += 1
 
     async def _deliver(self, job: Job) -> Attempt | None:
         """Call the callback, retrying as configured; the last attempt, or None when a reload

@@ -5,8 +5,11 @@ rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task rea
 connection of its own, off the event loop, claims those whose job is not already queued or
 running here (through the writer thread, in the same order as every other write) and hands them
 to the outbox. A row whose job is still running stays queued and is looked at again next time,
-so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``;
-every ``prune_every`` seconds (and once at start) the history is pruned, in short chunks.
+so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``
+when this daemon made or took up a dead letter since, and otherwise every DEAD_REFRESH seconds
+(another replica's or the CLI's changes; a count over the history is not worth doing each
+second); every ``prune_every`` seconds (and once at start) the history is pruned, in short
+chunks.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEAD_REFRESH = 15.0  # seconds between two counts of the dead letters when nothing changed here
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -57,6 +62,7 @@ class HistoryKeeper:
         poll_interval: float = 1.0,
         prune_every: float = 600.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._state = state
         self._outbox = outbox
@@ -65,7 +71,9 @@ class HistoryKeeper:
         self._poll_interval = poll_interval
         self._prune_every = prune_every
         self._clock = clock
+        self._monotonic = monotonic
         self._dead_seen: set[str] = set()
+        self._dead_counted: tuple[float, int] | None = None  # (monotonic time, dead letters made)
         self.polls = 0  # finished polls, for tests to wait on
         self.prunes = 0
 
@@ -105,10 +113,17 @@ class HistoryKeeper:
     async def poll(self, store: HistoryStore) -> None:
         """Take up queued redeliveries; refresh the dead-letter gauge."""
 
-        def read() -> tuple[list[Job], dict[str, int]]:
-            return store.pending(), store.dead_letters()
+        failures, now = self._outbox.counters.dead_letters, self._monotonic()
+        counted = self._dead_counted
+        count_dead = counted is None or counted[1] != failures or now - counted[0] >= DEAD_REFRESH
+
+        def read() -> tuple[list[Job], dict[str, int] | None]:
+            return store.pending(), store.dead_letters() if count_dead else None
 
         jobs, dead = await _in_thread(read)
+        if dead is not None:
+            self._dead_counted = (now, failures)
+            self._set_dead_letters(dead)
         fresh = [j for j in jobs if not self._outbox.running(j.id)]
         if fresh:
             committed = self._state.claim_redeliveries([j.id for j in fresh])
@@ -124,7 +139,10 @@ class HistoryKeeper:
                 )
             self._metrics.redeliveries.inc(len(fresh))
             self._outbox.submit(fresh, committed)
+            self._dead_counted = None  # taken up: count again at the next poll
+        self.polls += 1
+
+    def _set_dead_letters(self, dead: dict[str, int]) -> None:
         for webhook in self._dead_seen | set(dead):
             self._metrics.dead_letters.labels(webhook=webhook).set(dead.get(webhook, 0))
         self._dead_seen |= set(dead)
-        self.polls += 1

@@ -18,7 +18,8 @@ from sidecar.deliveries_cli import hide_body_token, show, table
 from sidecar.health import Metrics
 from sidecar.history import Query, Retention, parse_since
 from sidecar.history_sqlite import SqliteHistory
-from sidecar.redelivery import HistoryKeeper
+from sidecar.outbox import Counters
+from sidecar.redelivery import DEAD_REFRESH, HistoryKeeper
 from sidecar.state import DB_NAME, Job, State
 
 TOKEN = "zmigewsanbbsdf59xnmduzypjc"
@@ -207,6 +208,7 @@ async def test_redeliver_queues_same_body_and_webhook_id_once(tmp_path: Path) ->
 class FakeOutbox:
     def __init__(self, running: set[str]) -> None:
         self.ids = running
+        self.counters = Counters()
         self.submitted: list[Job] = []
         self.committed: list[Any] = []
 
@@ -257,16 +259,29 @@ async def test_poller_sets_the_dead_letter_gauge(tmp_path: Path) -> None:
     )
     h = store(tmp_path)
     metrics = Metrics("test")
+    outbox = FakeOutbox(set())
+    ticks = [0.0]
     keeper = HistoryKeeper(
         state=State(tmp_path),
-        outbox=FakeOutbox(set()),  # type: ignore[arg-type]
+        outbox=outbox,  # type: ignore[arg-type]
         metrics=metrics,
         retention=Retention,
+        monotonic=lambda: ticks[0],
     )
     await keeper.poll(h)
     value = metrics.registry.get_sample_value
     assert value("mm_sidecar_dead_letters", {"webhook": "build"}) == 2
+    # Changed by another process (the CLI, a replica): counted again after DEAD_REFRESH s,
+    # not at every poll (a count over the history each second is not worth it).
+    h.conn.execute("UPDATE deliveries SET redelivered_at = 1 WHERE id = 'd-wh1'")
+    await keeper.poll(h)
+    assert value("mm_sidecar_dead_letters", {"webhook": "build"}) == 2
+    ticks[0] += DEAD_REFRESH
+    await keeper.poll(h)
+    assert value("mm_sidecar_dead_letters", {"webhook": "build"}) == 1
+    # A dead letter made here is counted at the next poll.
     h.conn.execute("UPDATE deliveries SET redelivered_at = 1")
+    outbox.counters.dead_letters += 1
     await keeper.poll(h)
     assert value("mm_sidecar_dead_letters", {"webhook": "build"}) == 0
     h.close()
