@@ -142,13 +142,13 @@ class State(CommandWriter):
         self._queue.put((command, future))
         return future
 
-    def _commit_inline(self, item: tuple[Command, asyncio.Future[None]]) -> bool:
+    def _commit_inline(self, item: tuple[Command, asyncio.Future[None]] | None = None) -> bool:
         """Commit the held writes and ``item`` on the loop; False (nothing changed) when that
         fails or would wait for another process's lock: the writer thread then takes them."""
         conn = self._inline
         if conn is None:
             return False
-        items = [*self._held, item]
+        items = [*self._held] if item is None else [*self._held, item]
         rows = Rows.of([command for command, _ in items])
         try:
             conn.execute("BEGIN")
@@ -164,7 +164,8 @@ class State(CommandWriter):
         return True
 
     def _linger_over(self) -> None:
-        """The linger timer: hand over what was held for LINGER s, or wait for what is younger."""
+        """The linger timer: commit what was held for LINGER s (on the loop when the writer
+        thread is idle, as a lone write), or wait for what is younger."""
         self._flush_timer = None
         if not self._held:
             return
@@ -172,8 +173,8 @@ class State(CommandWriter):
         left = self._held_since + LINGER - self._loop.time()
         if left > 0:
             self._flush_timer = self._loop.call_later(left, self._linger_over)
-        else:
-            self._flush_held()
+        elif self._queued != self._written or not self._commit_inline():
+            self._flush_held()  # the writer is busy (or the file locked): it takes them
 
     def _flush_held(self) -> None:
         """Hand the held lazy writes to the writer (they go in before the write that follows)."""

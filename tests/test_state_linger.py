@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fakes import numbered_job
 
+from harness import wait_until
 from sidecar import state as state_mod
 from sidecar.state import DB_NAME, Job, State
 
@@ -50,8 +51,30 @@ async def test_a_lone_finished_job_is_committed_after_the_linger(
     state.open()
     state.start_writer()
     await state.record([job(1)], "chan", 1001, ["post1"], 1001)
-    await state.finish_job("msg_1/0")  # no other write follows: the timer sends it
+    await state.finish_job("msg_1/0")  # no other write follows: the timer commits it
     assert state.commits == 2
+    assert state._queued == 0  # on the loop, as a lone write: never handed to the writer
+    await state.close()
+    assert State(tmp_path).open().jobs == []
+
+
+async def test_held_writes_go_to_the_writer_when_the_file_is_locked_at_the_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 0.01)
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # `mm-sidecar redeliver` writing when the timer fires
+    finished = state.finish_job("msg_1/0")
+    # The timer found the file locked and handed the held write to the writer thread.
+    await wait_until(lambda: state._queued == 1, what="the hand-over to the writer")
+    assert not finished.done()  # the writer waits for the lock; the loop did not
+    other.execute("COMMIT")
+    other.close()
+    await finished
     await state.close()
     assert State(tmp_path).open().jobs == []
 
