@@ -157,7 +157,7 @@ class Transport:
                 headers=headers,
                 allow_redirects=False,
             ) as resp:
-                raw = await _read_at_most(resp.content, MAX_BODY_BYTES + 1)
+                raw = await _read_at_most(resp, MAX_BODY_BYTES + 1)
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self._note_date(resp.headers.get("Date"), sent)
@@ -372,14 +372,18 @@ class RestClient(Transport):
         return data
 
 
-async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, read up to ``limit`` bytes.
 
     Not ``stream.read(limit)``: that returns only what has arrived so far, and so cuts any
-    answer longer than one network read.
+    answer longer than one network read. An answer whose (uncompressed) length is declared
+    and within the limit is read whole (the parser stops at Content-Length).
     """
+    length = resp.content_length
+    if length is not None and length <= limit and "Content-Encoding" not in resp.headers:
+        return await resp.content.read()
     try:
-        return await stream.readexactly(limit)
+        return await resp.content.readexactly(limit)
     except asyncio.IncompleteReadError as exc:  # the usual case: the body is shorter
         return exc.partial
 
