@@ -8,6 +8,7 @@ post answered, numbers that make sense together. Never timings: a slow CI machin
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,16 @@ from typing import Any
 
 import pytest
 
+from bench.instructions import _summary
 from bench.profile import summarize_profile
 from bench.report import format_table, latency_ms, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(module: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+def run_bench(
+    module: str, tmp_path: Path, *args: str, timeout: float = 55
+) -> tuple[dict[str, Any], str]:
     """Run one benchmark with --quick; its JSON and what it printed."""
     out = tmp_path / f"{module}.json"
     proc = subprocess.run(
@@ -29,7 +33,7 @@ def run_bench(module: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=55,
+        timeout=timeout,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -74,6 +78,8 @@ def test_throughput_sidecar_and_forwarder(tmp_path: Path) -> None:
             assert row["post_to_reply_ms"]["p50"] >= 200
         if row["scenario"] == "rate100":
             assert row["rate"] == 100
+        # Each system posts each reply over REST, once, and looks nothing up per post.
+        assert row["rest_calls_per_post"] == {"POST /api/v4/posts": 1.0}, row["sut"]
     targets = {t["target"]: t for t in data["targets"]}
     same_round = {
         "throughput sidecar / forwarder, same round",
@@ -214,3 +220,27 @@ def test_soak_reads_rss_after_each_chunk(tmp_path: Path) -> None:
     (check,) = data["targets"]
     assert check["value"] > 0 and isinstance(check["pass"], bool)
     assert "RSS after 600 events / after 200" in printed
+
+
+def test_instructions_reads_the_summary_of_a_callgrind_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "x.callgrind.1"
+    dump.write_text("# callgrind format\nversion: 1\nevents: Ir\nsummary: 129669909\n\nfn=x\n")
+    assert _summary(dump) == 129_669_909
+    (tmp_path / "bad").write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no summary"):
+        _summary(tmp_path / "bad")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions(tmp_path: Path) -> None:
+    data, printed = run_bench("instructions", tmp_path, timeout=300)
+    rows = {r["sut"]: r for r in data["runs"]}
+    assert set(rows) == {"sidecar", "forwarder"}
+    for row in rows.values():
+        assert row["replied"] == row["posts"] > 0
+        assert row["ir_per_post_m"] > 0 and row["ir_idle_per_s_m"] >= 0
+    [ratio] = data["targets"]
+    assert ratio["value"] > 0 and isinstance(ratio["pass"], bool)
+    assert "M instr/post" in printed
