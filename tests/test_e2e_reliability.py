@@ -136,13 +136,17 @@ async def test_server_restart_while_posting_catches_up(
     async with running(config) as app:
         connection = app.gateway.connection_id
 
+        some_posted = asyncio.Event()
+
         async def fifty() -> None:
             for i in range(50):
                 post(f"m{i}")
+                if i == 7:
+                    some_posted.set()
                 await asyncio.sleep(0.004)
 
         writer = asyncio.create_task(fifty())
-        await asyncio.sleep(0.03)
+        await some_posted.wait()
         await world.mm.restart()  # forgets every connection: the resume gets a new hello
         await writer
         await settle(app, world, cb, 50)
