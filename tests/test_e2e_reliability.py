@@ -425,13 +425,14 @@ async def test_unanswered_pings_reconnect_within_bound(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config) as app:
+    quick_pings = replace(FAST, ping_interval=0.3, pong_timeout=0.5)
+    async with running(config, tuning=quick_pings) as app:
         post("before")
         await cb.wait_for(1)
         world.mm.answer_pings = False
         before = app.gateway.reconnects
         # the bound: one ping interval, one pong timeout, one backoff, with room for a slow CI
-        bound = FAST.ping_interval + FAST.pong_timeout + FAST.backoff_cap
+        bound = quick_pings.ping_interval + quick_pings.pong_timeout + quick_pings.backoff_cap
         await wait_until(
             lambda: app.gateway.reconnects > before, timeout=bound + 3, what="reconnect"
         )
