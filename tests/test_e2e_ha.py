@@ -428,12 +428,14 @@ async def test_only_the_active_replica_joins_channels_and_polls_redeliveries(
             pg_cluster.sql(f"SELECT pg_terminate_backend({a.ha.lease.backend_pid})")
             # A new term begins (epoch 2) on whichever replica takes the lease first: b, or a
             # again once it stood down (both try every lease_check_interval).
+            # (a replica says "standby" once the lease is lost, then tears its term down)
             await wait_until(
                 lambda: (
                     any(r.ha.lease.active and r.ha.lease.epoch >= 2 for r in (a, b))
                     and sorted(roles([a, b])) == ["active", "standby"]
+                    and all(r.pipeline is None for r in (a, b) if not r.ha.lease.active)
                 ),
-                what="a new active term",
+                what="a new active term, the other replica's torn down",
             )
             new, old = (a, b) if a.ha.lease.active else (b, a)
             assert old.pipeline is None
