@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sidecar.backend import StateBackend
 from sidecar.config import Config
-from sidecar.delivery import USER_AGENT, CallbackClient
+from sidecar.delivery import DELIVERY_RETRY, USER_AGENT, CallbackClient
 from sidecar.dispatch import Dispatcher
 from sidecar.errors import Unauthorized
 from sidecar.events import ChannelOpened, MemberAdded
@@ -32,7 +32,8 @@ from sidecar.models import User
 from sidecar.notify import Notifier
 from sidecar.outbox import Outbox
 from sidecar.redelivery import HistoryKeeper
-from sidecar.replies import Replier
+from sidecar.replies import REPLY_RETRY, Replier
+from sidecar.retry import RetryPolicy
 from sidecar.runtime import Live
 from sidecar.state import Snapshot
 
@@ -55,6 +56,8 @@ class Tuning:
     retry_base: float = 0.25  # first wait before a failed lookup or catch-up is tried again
     history_poll: float = 1.0  # seconds between looks for redeliveries queued by the CLI
     history_prune_every: float = 600.0
+    delivery_retry: RetryPolicy = DELIVERY_RETRY  # waits between attempts of a callback
+    reply_retry: RetryPolicy = REPLY_RETRY  # waits between attempts to post a reply
 
 
 DEFAULT_TUNING = Tuning()
@@ -233,11 +236,12 @@ def build_pipeline(
     outbox = Outbox(
         state=state,
         callbacks=callbacks,
-        replier=Replier(rest=rest, metrics=metrics),
+        replier=Replier(rest=rest, metrics=metrics, retry=t.reply_retry),
         metrics=metrics,
         live=live,
         max_in_flight=s.max_in_flight,
         on_fatal=on_fatal,
+        delivery_retry=t.delivery_retry,
     )
     dispatcher = Dispatcher(
         rest=rest,

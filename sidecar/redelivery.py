@@ -36,16 +36,18 @@ T = TypeVar("T")
 DEAD_REFRESH = 15.0  # seconds between two counts of the dead letters when nothing changed here
 
 
-async def _in_thread(fn: Callable[[], T]) -> T:
+async def _in_thread(fn: Callable[[], T], *, dispose: Callable[[T], None] | None = None) -> T:
     """``asyncio.to_thread``, except that a cancellation waits for the thread to be done with
-    the connection (closing it under a running query is not safe)."""
+    the connection (closing it under a running query is not safe); what the thread returned
+    after all is then given to ``dispose`` (a connection opened meanwhile is closed)."""
     task = asyncio.ensure_future(asyncio.to_thread(fn))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: the task is being cancelled anyway
+        # (the exception retrieved: the task is being cancelled anyway)
+        if not task.cancelled() and task.exception() is None and dispose is not None:
+            dispose(task.result())
         raise
 
 
@@ -79,7 +81,7 @@ class HistoryKeeper:
 
     async def run(self) -> None:
         """Poll, refresh and prune until cancelled."""
-        store = await _in_thread(self._state.open_history)
+        store = await _in_thread(self._state.open_history, dispose=lambda opened: opened.close())
         next_prune = time.monotonic()
         try:
             while True:

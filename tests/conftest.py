@@ -9,8 +9,17 @@ import pytest
 
 import harness
 from pg import pg_cluster, pg_url  # noqa: F401  (fixtures: a throw-away PostgreSQL)
+from sidecar import state
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder
+
+
+@pytest.fixture(autouse=True)
+def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process sidecars hold lazy SQLite writes (a finished job…) 0.02 s, not 0.25 s: a
+    test that waits for an empty outbox waits for that commit. tests/test_state_linger.py sets
+    its own."""
+    monkeypatch.setattr(state, "LINGER", 0.02)
 
 
 @pytest.fixture

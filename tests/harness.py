@@ -6,16 +6,28 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sidecar.app import Sidecar, Tuning
 from sidecar.config import Config, parse_config
+from sidecar.delivery import DELIVERY_RETRY
+from sidecar.replies import REPLY_RETRY
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder, Recorded
 
-FAST = Tuning(ping_interval=1.0, pong_timeout=1.0, backoff_base=0.05, backoff_cap=0.2)
+FAST = Tuning(
+    ping_interval=1.0,
+    pong_timeout=1.0,
+    backoff_base=0.05,
+    backoff_cap=0.2,
+    # The same exponential waits with full jitter, 50 times shorter (a Retry-After still
+    # counts in full): a test waits for the retry it expects, not for a production backoff.
+    delivery_retry=replace(DELIVERY_RETRY, base=0.02, cap=1.2),
+    reply_retry=replace(REPLY_RETRY, base=0.01, cap=0.6),
+    history_poll=0.1,
+)
 WEBHOOK_TOKEN = "zmigewsanbbsdf59xnmduzypjc"
 
 

@@ -6,6 +6,7 @@ import base64
 import math
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -747,14 +748,16 @@ def test_token_from_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ({"token_file": '"adir"'}, {}, "mattermost.token_file: '{dir}/adir' is not a regular file"),
     ],
 )
-def test_token_errors(
-    tmp_path: Path, mm: dict[str, str | None], env: dict[str, str], expected: str
-) -> None:
-    (tmp_path / "empty").write_text("\n")
-    (tmp_path / "adir").mkdir()
-    assert errors_of(tmp_path, render({M: {"token": None, **mm}}), env) == [
-        expected.format(dir=tmp_path)
-    ]
+def test_token_errors(mm: dict[str, str | None], env: dict[str, str], expected: str) -> None:
+    # A short directory: a path over 80 characters is shortened in the message (…), and
+    # tmp_path's length depends on the run (pytest-NNN, xdist's popen-gwN).
+    with tempfile.TemporaryDirectory(prefix="tok") as name:
+        short = Path(name)
+        (short / "empty").write_text("\n")
+        (short / "adir").mkdir()
+        assert errors_of(short, render({M: {"token": None, **mm}}), env) == [
+            expected.format(dir=short)
+        ]
 
 
 # --- secrets ----------------------------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from harness import WEBHOOK_TOKEN, World, drained_after, make_config, running
 from sidecar.config import JSON
-from sidecar.testing.recorder import CallbackRecorder, Reply
+from sidecar.testing.recorder import CallbackRecorder, Recorded, Reply
 
 
 def form(body: bytes) -> dict[str, str]:
@@ -284,15 +283,25 @@ async def test_a_channel_rename_is_followed(
     config = make_config(
         world,
         tmp_path,
-        [{"channels": ["releases"], "events": ["post_edited"], "callback_urls": [cb.url_for()]}],
+        [
+            {"channels": ["releases"], "events": ["post_edited"], "callback_urls": [cb.url_for()]},
+            {"trigger_words": ["#marker"], "callback_urls": [cb.url_for("/marker")]},
+        ],
     )
-    async with running(config):
+
+    def marker() -> None:
+        world.mm.post(world.alice["id"], world.town["id"], "#marker")
+
+    def is_marker(r: Recorded) -> bool:
+        return r.path == "/marker"
+
+    async with running(config) as app:
         post = world.mm.post(world.alice["id"], world.dev["id"], "v1")
         world.mm.edit(post["id"], "v1 (edited while the channel is still 'dev')")
-        await asyncio.sleep(0.3)
+        await drained_after(app, cb, marker, is_marker)  # the edit was handled: no request
         assert cb.requests == []
         world.mm.rename_channel(world.dev["id"], "releases")
-        await asyncio.sleep(0.1)
+        await drained_after(app, cb, marker, is_marker)  # channel_updated handled before it
         world.mm.edit(post["id"], "v2")
         [req] = await cb.wait_for(1)
     body = form(req.body)

@@ -136,13 +136,17 @@ async def test_server_restart_while_posting_catches_up(
     async with running(config) as app:
         connection = app.gateway.connection_id
 
+        some_posted = asyncio.Event()
+
         async def fifty() -> None:
             for i in range(50):
                 post(f"m{i}")
+                if i == 7:
+                    some_posted.set()
                 await asyncio.sleep(0.004)
 
         writer = asyncio.create_task(fifty())
-        await asyncio.sleep(0.03)
+        await some_posted.wait()
         await world.mm.restart()  # forgets every connection: the resume gets a new hello
         await writer
         await settle(app, world, cb, 50)
@@ -421,13 +425,14 @@ async def test_unanswered_pings_reconnect_within_bound(
 ) -> None:
     post = poster(world, world.dev)
     config = make_config(world, tmp_path, [every_dev_post(cb)])
-    async with running(config) as app:
+    quick_pings = replace(FAST, ping_interval=0.3, pong_timeout=0.5)
+    async with running(config, tuning=quick_pings) as app:
         post("before")
         await cb.wait_for(1)
         world.mm.answer_pings = False
         before = app.gateway.reconnects
         # the bound: one ping interval, one pong timeout, one backoff, with room for a slow CI
-        bound = FAST.ping_interval + FAST.pong_timeout + FAST.backoff_cap
+        bound = quick_pings.ping_interval + quick_pings.pong_timeout + quick_pings.backoff_cap
         await wait_until(
             lambda: app.gateway.reconnects > before, timeout=bound + 3, what="reconnect"
         )

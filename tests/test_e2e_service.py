@@ -14,7 +14,7 @@ import pytest
 from daemon import Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import FAST, World, make_config, running, wait_until
+from harness import FAST, World, connected, make_config, running, wait_until
 from sidecar.app import Sidecar
 from sidecar.notify import Notifier
 from sidecar.testing.recorder import CallbackRecorder, Reply
@@ -100,8 +100,7 @@ async def test_sd_notify_sequence(world: World, tmp_path: Path) -> None:
     try:
         async with app:
             task = asyncio.create_task(app.serve(stop))
-            await wait_until(lambda: app.gateway.connected)
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: connected(app), what="READY sent")  # (gauge, then READY)
             app.reload(config)
             stop.set()
             await task

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,38 @@ async def test_poller_sets_the_dead_letter_gauge(tmp_path: Path) -> None:
     await keeper.poll(h)
     assert value("mm_sidecar_dead_letters", {"webhook": "build"}) == 0
     h.close()
+
+
+async def test_a_keeper_cancelled_while_it_opens_the_history_closes_it() -> None:
+    """A term torn down as it begins (HA: the lease lost at once) leaves no connection open:
+    the one the thread opened after the cancellation is closed (unclosed, it is a
+    ResourceWarning, an error in whichever test the GC then runs)."""
+    opening, release = threading.Event(), threading.Event()
+    closed: list[bool] = []
+
+    class Opened:
+        def close(self) -> None:
+            closed.append(True)
+
+    class SlowState:
+        def open_history(self) -> Opened:
+            opening.set()
+            release.wait(10)
+            return Opened()
+
+    keeper = HistoryKeeper(
+        state=SlowState(),  # type: ignore[arg-type]
+        outbox=FakeOutbox(set()),  # type: ignore[arg-type]
+        metrics=Metrics("test"),
+        retention=Retention,
+    )
+    task = asyncio.create_task(keeper.run())
+    assert await asyncio.to_thread(opening.wait, 10)
+    task.cancel()  # while the thread still connects (cancel() cancels the awaited shield now)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [True]
 
 
 def v1_file(path: Path) -> None:

@@ -153,7 +153,8 @@ class Emulator(FaultInjection):
         app.add_routes(ControlApi(self).routes())
         app.add_routes(self.api_routes(rest))
         app.add_routes(rest.catch_all())  # after every route, whoever added it
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # A handler still running at stop (a scripted delay) is cancelled after 0.1 s.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

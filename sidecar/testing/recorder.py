@@ -102,7 +102,8 @@ class CallbackRecorder:
         """Bind and serve; ``url`` is set afterwards."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # A handler still running at stop (a scripted delay) is cancelled after 0.1 s.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
