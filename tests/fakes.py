@@ -21,6 +21,7 @@ from sidecar.delivery import Attempt
 from sidecar.errors import MattermostError
 from sidecar.health import Metrics
 from sidecar.models import Channel, Post, Team, User
+from sidecar.outbox import Counters
 from sidecar.reply import ReplySettings
 from sidecar.state import Job, Snapshot
 
@@ -251,3 +252,21 @@ def numbered_job(n: int, *, body: bytes = b"x", content_type: str = "application
         channel_id="chan",
         root_id="",
     )
+
+
+class FakeOutbox:
+    """What the history keeper needs of the outbox: which jobs run here, a submit that
+    records, and the counters it reads."""
+
+    def __init__(self, running: set[str]) -> None:
+        self.ids = running
+        self.submitted: list[Job] = []
+        self.committed: list[Any] = []
+        self.counters = Counters()
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self.ids
+
+    def submit(self, jobs: list[Job], committed: Any) -> None:
+        self.submitted.extend(jobs)
+        self.committed.append(committed)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeOutbox
 
 from sidecar import history
 from sidecar.cli import build_parser
@@ -19,7 +20,6 @@ from sidecar.deliveries_cli import hide_body_token, show, table
 from sidecar.health import Metrics
 from sidecar.history import Query, Retention, parse_since
 from sidecar.history_sqlite import SqliteHistory
-from sidecar.outbox import Counters
 from sidecar.redelivery import DEAD_REFRESH, HistoryKeeper
 from sidecar.state import DB_NAME, Job, State
 
@@ -204,21 +204,6 @@ async def test_redeliver_queues_same_body_and_webhook_id_once(tmp_path: Path) ->
     later = State(tmp_path)
     assert later.open().jobs == []
     await later.close()  # (a connection left to the GC warns on 3.13)
-
-
-class FakeOutbox:
-    def __init__(self, running: set[str]) -> None:
-        self.ids = running
-        self.counters = Counters()
-        self.submitted: list[Job] = []
-        self.committed: list[Any] = []
-
-    def running(self, job_id: str) -> bool:
-        return job_id in self.ids
-
-    def submit(self, jobs: list[Job], committed: Any) -> None:
-        self.submitted.extend(jobs)
-        self.committed.append(committed)
 
 
 async def test_poller_skips_a_job_running_here_and_takes_it_later(tmp_path: Path) -> None:

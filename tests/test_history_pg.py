@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeOutbox
 
 from pg import Cluster
 from sidecar import history, pgstate
@@ -46,20 +47,6 @@ def job(n: int) -> Job:
 
 def entry(j: Job, outcome: str, *, at: float, status: int = 200) -> Any:
     return history.entry(j, f"d-{j.webhook_id}", outcome, status, 3.0, "", b"{}", at)  # type: ignore[arg-type]
-
-
-class FakeOutbox:
-    def __init__(self, running: set[str]) -> None:
-        self.ids = running
-        self.submitted: list[Job] = []
-        self.committed: list[asyncio.Future[None]] = []
-
-    def running(self, job_id: str) -> bool:
-        return job_id in self.ids
-
-    def submit(self, jobs: list[Job], committed: asyncio.Future[None]) -> None:
-        self.submitted.extend(jobs)
-        self.committed.append(committed)
 
 
 async def finished(url: str, rows: list[tuple[Job, Any]]) -> None:
