@@ -7,7 +7,7 @@ or from REST.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,7 +75,7 @@ class Post:
         file_ids = d.get("file_ids") or []
         if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
             raise ObjectError("'file_ids' must be a list of strings")
-        get = d.get
+        get: Callable[..., Any] = d.get
         ident, channel_id, user_id = get("id"), get("channel_id"), get("user_id")
         message, root_id, kind = get("message"), get("root_id"), get("type", "")
         create_at, update_at = get("create_at"), get("update_at")
@@ -83,16 +83,9 @@ class Post:
         # The usual shape, checked at once (every post of the websocket comes this way);
         # anything else goes through the field-by-field checks and their messages.
         if (
-            type(ident) is str
-            and type(channel_id) is str
-            and type(user_id) is str
-            and type(message) is str
-            and type(root_id) is str
-            and type(kind) is str
-            and type(create_at) is int
-            and type(update_at) is int
-            and type(edit_at) is int
-            and type(delete_at) is int
+            type(ident) is type(channel_id) is type(user_id) is str
+            and type(message) is type(root_id) is type(kind) is str
+            and type(create_at) is type(update_at) is type(edit_at) is type(delete_at) is int
             and ident
             and channel_id
         ):
