@@ -18,6 +18,15 @@ from sidecar import state as state_mod
 from sidecar.state import DB_NAME, Job, Snapshot, State
 
 
+async def started_with_one_job(tmp_path: Path) -> State:
+    """A running State whose outbox holds job 1 (committed)."""
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    return state
+
+
 async def reread(tmp_path: Path) -> Snapshot:
     """What the next start reads from the file (that State closed again: an unclosed
     connection is a ResourceWarning on 3.13, raised in whichever test the GC runs)."""
@@ -35,10 +44,7 @@ async def test_a_finished_job_rides_in_the_next_events_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(state_mod, "LINGER", 3600.0)  # only the next write can carry it
-    state = State(tmp_path)
-    state.open()
-    state.start_writer()
-    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    state = await started_with_one_job(tmp_path)
     assert state.commits == 1
     finished = state.finish_job("msg_1/0")
     skipped = state.record_position("chan", 1002, [], 1002)  # a post that fired nothing
@@ -56,25 +62,19 @@ async def test_a_lone_finished_job_is_committed_after_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(state_mod, "LINGER", 0.01)
-    state = State(tmp_path)
-    state.open()
-    state.start_writer()
-    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    state = await started_with_one_job(tmp_path)
     await state.finish_job("msg_1/0")  # no other write follows: the timer commits it
     assert state.commits == 2
     assert state._queued == 0  # on the loop, as a lone write: never handed to the writer
     await state.close()
-    assert State(tmp_path).open().jobs == []
+    assert (await reread(tmp_path)).jobs == []
 
 
 async def test_held_writes_go_to_the_writer_when_the_file_is_locked_at_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(state_mod, "LINGER", 0.01)
-    state = State(tmp_path)
-    state.open()
-    state.start_writer()
-    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    state = await started_with_one_job(tmp_path)
     other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # `mm-sidecar redeliver` writing when the timer fires
     finished = state.finish_job("msg_1/0")
@@ -90,10 +90,7 @@ async def test_held_writes_go_to_the_writer_when_the_file_is_locked_at_the_linge
 
 async def test_close_commits_what_is_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_mod, "LINGER", 3600.0)
-    state = State(tmp_path)
-    state.open()
-    state.start_writer()
-    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    state = await started_with_one_job(tmp_path)
     finished = state.finish_job("msg_1/0")
     await state.close()
     assert finished.done() and finished.exception() is None
