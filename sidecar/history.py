@@ -206,6 +206,10 @@ class HistoryStore(Protocol):
     def pending(self) -> list[Job]:
         """Outbox rows queued by ``redeliver`` and not claimed yet."""
 
+    def pending_nowait(self) -> list[Job] | None:
+        """``pending()`` if it can be answered at once, without waiting for a lock or the
+        network (the daemon then asks on its event loop); None when it cannot."""
+
     def dead_letters(self) -> dict[str, int]:
         """Dead letters not redelivered yet, by webhook."""
 

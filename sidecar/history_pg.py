@@ -159,6 +159,9 @@ class PgHistory:
             jobs.append(job)
         return jobs
 
+    def pending_nowait(self) -> list[Job] | None:
+        return None  # a network round trip: never on the event loop
+
     def dead_letters(self) -> dict[str, int]:
         rows = self._rows(
             f"SELECT webhook, count(*) FROM deliveries WHERE {DEAD_SQL} "

@@ -76,6 +76,8 @@ _LIST_COLUMNS: Final = (
 )
 PRUNE_CHUNK: Final = 2000
 
+BUSY_TIMEOUT_MS = 10_000  # how long the CLI and the poller wait for another writer
+
 
 def insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Write history rows (inside the caller's transaction)."""
@@ -100,11 +102,12 @@ class SqliteHistory:
         if not path.exists():
             raise HistoryError(f"no state file at {path}: the daemon has not run yet")
         try:
-            # check_same_thread off: the daemon uses it from asyncio.to_thread, one call at a time.
+            # check_same_thread off: the daemon uses it from asyncio.to_thread (and its loop),
+            # one call at a time.
             conn = sqlite3.connect(
                 f"file:{path}?mode=rw",
                 uri=True,
-                timeout=10.0,
+                timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -157,6 +160,17 @@ class SqliteHistory:
             job.stage = "deliver"
             jobs.append(job)
         return jobs
+
+    def pending_nowait(self) -> list[Job] | None:
+        # A read in WAL never waits for a writer; only rare moments (recovery, a truncating
+        # checkpoint at a stop) make it wait: then None, and the caller asks from a thread.
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            return self.pending()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def dead_letters(self) -> dict[str, int]:
         rows = self.conn.execute(

@@ -122,7 +122,13 @@ class HistoryKeeper:
         def read() -> tuple[list[Job], dict[str, int] | None]:
             return store.pending(), store.dead_letters() if count_dead else None
 
-        jobs, dead = await _in_thread(read)
+        if count_dead:
+            jobs, dead = await _in_thread(read)
+        else:
+            # A local file answers at once: asked on the loop, since a hop to a thread and
+            # back costs more than the read (most of what an idle second cost).
+            found, dead = store.pending_nowait(), None
+            jobs = found if found is not None else await _in_thread(store.pending)
         if dead is not None:
             self._dead_counted = (now, failures)
             self._set_dead_letters(dead)

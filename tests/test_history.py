@@ -237,6 +237,61 @@ async def test_poller_skips_a_job_running_here_and_takes_it_later(tmp_path: Path
     h.close()
 
 
+async def test_poller_reads_a_local_file_on_the_loop_between_dead_letter_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    j = job(1)
+    await write(tmp_path, [(j, entry(j, history.FAILED, at=time.time(), status=500))])
+    h = store(tmp_path)
+    state = State(tmp_path)
+    state.open()
+    state.start_writer()
+    outbox = FakeOutbox(set())
+    keeper = HistoryKeeper(
+        state=state,
+        outbox=outbox,  # type: ignore[arg-type]
+        metrics=Metrics("test"),
+        retention=Retention,
+        monotonic=lambda: 0.0,
+    )
+    await keeper.poll(h)  # the first poll counts the dead letters, in a thread
+    threads: list[object] = []
+    real_to_thread = asyncio.to_thread
+    monkeypatch.setattr(
+        asyncio, "to_thread", lambda fn, *a: threads.append(fn) or real_to_thread(fn, *a)
+    )
+    d = h.get("d-wh1")
+    assert d is not None
+    h.redeliver([d], time.time())  # what `mm-sidecar redeliver` does meanwhile
+    await keeper.poll(h)
+    assert [x.id for x in outbox.submitted] == [j.id]  # found without a thread
+    assert threads == []
+    await asyncio.gather(*outbox.committed)
+    await state.close()
+    h.close()
+
+
+async def test_pending_nowait_gives_up_at_once_when_the_file_is_busy(tmp_path: Path) -> None:
+    await write(tmp_path, [])  # the file with its tables
+    h = store(tmp_path)
+    real = h.conn
+
+    class Busy:
+        """The connection while a truncating checkpoint holds the file (rare in WAL)."""
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("SELECT"):
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *args)
+
+    h.conn = Busy()  # type: ignore[assignment]
+    assert h.pending_nowait() is None  # the poller then asks from a thread
+    h.conn = real
+    assert real.execute("PRAGMA busy_timeout").fetchone() == (10_000,)  # restored
+    assert h.pending_nowait() == []
+    h.close()
+
+
 async def test_poller_sets_the_dead_letter_gauge(tmp_path: Path) -> None:
     now = time.time()
     a, b = job(1), job(2)
