@@ -2,7 +2,9 @@
 
 ``mm-sidecar redeliver`` (another process, no lock; SQLite in WAL, or PostgreSQL) writes outbox
 rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a
-connection of its own, off the event loop, claims those whose job is not already queued or
+connection of its own (a SQLite file is asked on the event loop, with a busy timeout of 0: a
+read in WAL does not wait for writers, and the hop to a thread cost more than the read; a busy
+file and PostgreSQL are asked from a thread, as is every other query here), claims those whose job is not already queued or
 running here (through the writer thread, in the same order as every other write) and hands them
 to the outbox. A row whose job is still running stays queued and is looked at again next time,
 so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``
