@@ -3,7 +3,8 @@ recorder. Tests import helpers from ``harness``, never from this module."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -48,3 +49,16 @@ async def cb() -> AsyncIterator[CallbackRecorder]:
     """A running callback recorder for the sidecar tests."""
     async with CallbackRecorder() as rec:
         yield rec
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """Put the root logger back as it was (for tests that call ``setup_logging``)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)

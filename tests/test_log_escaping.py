@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,8 @@ import pytest
 from harness import World, make_config, running
 from sidecar.cli import setup_logging
 from sidecar.testing.recorder import CallbackRecorder, Reply
+
+pytestmark = pytest.mark.usefixtures("restore_root")
 
 FORGED = "ci\n06:48:20.000 ERROR   sidecar.app       fatal: \x1b[31mboom\x1b[0m\r\u202edone\x85"
 ESCAPED = (
@@ -26,18 +27,6 @@ CONTROLS = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]] + [
     *map(chr, range(0x202A, 0x202F)),
     *map(chr, range(0x2066, 0x206A)),
 ]
-
-
-@pytest.fixture(autouse=True)
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def messages(fmt: str, err: str) -> list[str]:

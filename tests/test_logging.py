@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from sidecar.cli import setup_logging
 
+pytestmark = pytest.mark.usefixtures("restore_root")
+
 SECRET = "zmigewsanbbsdf59xnmduzypjc"
-
-
-@pytest.fixture(autouse=True)
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def emit(capsys: pytest.CaptureFixture[str], *args: object) -> str:
