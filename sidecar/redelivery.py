@@ -4,14 +4,14 @@
 rows with ``stage = 'redeliver'``. Every ``poll_interval`` seconds this task reads them on a
 connection of its own (a SQLite file is asked on the event loop, with a busy timeout of 0: a
 read in WAL does not wait for writers, and the hop to a thread cost more than the read; a busy
-file and PostgreSQL are asked from a thread, as is every other query here), claims those whose job is not already queued or
-running here (through the writer thread, in the same order as every other write) and hands them
-to the outbox. A row whose job is still running stays queued and is looked at again next time,
-so the same job never runs twice at once. The same poll refreshes ``mm_sidecar_dead_letters``
-when this daemon made or took up a dead letter since, and otherwise every DEAD_REFRESH seconds
-(another replica's or the CLI's changes; a count over the history is not worth doing each
-second); every ``prune_every`` seconds (and once at start) the history is pruned, in short
-chunks.
+file and PostgreSQL are asked from a thread, as is every other query here), claims those whose
+job is not already queued or running here (through the writer thread, in the same order as every
+other write) and hands them to the outbox. A row whose job is still running stays queued and is
+looked at again next time, so the same job never runs twice at once. The same poll refreshes
+``mm_sidecar_dead_letters`` when this daemon made or took up a dead letter since, and otherwise
+every DEAD_REFRESH seconds (another replica's or the CLI's changes; a count over the history is
+not worth doing each second); every ``prune_every`` seconds (and once at start) the history is
+pruned, in short chunks.
 """
 
 from __future__ import annotations
