@@ -33,7 +33,7 @@ from sidecar.writes import Command, CommandWriter, Rows
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (skipped when nothing was committed)
+CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (none, and no wake-up, when idle)
 # Writes nobody waits on to send anything (a finished job, the cursor past a post that fired
 # nothing, pruning) are held on the loop for up to this long and ride in the next transaction
 # (the next event's): a lone post then costs one commit, not two. A crash in this window
@@ -67,8 +67,10 @@ class State(CommandWriter):
         self._inline: sqlite3.Connection | None = None  # the loop's, never waits for a lock
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
+        self.checkpoints = 0  # WAL checkpoints made (tests wait on it)
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
+        self._committed = threading.Event()  # set by a commit, cleared by the checkpoint after it
         self._held: list[tuple[Command, asyncio.Future[None]]] = []
         self._queued = 0  # writes handed to the writer thread (counted on the loop)
         self._written = 0  # … of which it has finished (counted by the writer thread)
@@ -112,6 +114,7 @@ class State(CommandWriter):
             self._thread = None
         if self._checkpointer is not None:
             self._stop_checkpoints.set()
+            self._committed.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         for conn in (self._inline, self._conn):
@@ -158,7 +161,7 @@ class State(CommandWriter):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             return False
-        self.commits += 1
+        self._note_commit()
         self._held = []  # the linger timer stays: one per LINGER, not one per write
         _resolve([f for _, f in items], None)
         return True
@@ -192,20 +195,27 @@ class State(CommandWriter):
 
     # -- the writer thread -----------------------------------------------------------------
 
+    def _note_commit(self) -> None:
+        self.commits += 1
+        if not self._committed.is_set():  # once per checkpoint, not per commit
+            self._committed.set()
+
     def _checkpoints(self) -> None:
-        """Copy the WAL into the database every CHECKPOINT_EVERY s, beside the writer.
+        """Copy the WAL into the database at most every CHECKPOINT_EVERY s, beside the writer,
+        and only after a commit: an idle daemon's thread sleeps until the next one.
 
         A PASSIVE checkpoint from its own connection never blocks the writer's commits.
         """
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        checkpointed = -1
         try:
-            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
-                if self.commits == checkpointed:
-                    continue  # nothing new in the WAL: no work, no disk access
-                checkpointed = self.commits
+            while True:
+                self._committed.wait()
+                if self._stop_checkpoints.wait(CHECKPOINT_EVERY):
+                    break
+                self._committed.clear()  # a commit from now on asks for the next one
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.checkpoints += 1
                 except sqlite3.Error as exc:
                     log.warning("state checkpoint failed: %s", exc)
             # The last one, after the writer's final commit: leave a small WAL behind.
@@ -247,7 +257,7 @@ class State(CommandWriter):
                 conn.execute("BEGIN")
                 write_sqlite(conn, rows)
                 conn.execute("COMMIT")
-                self.commits += 1
+                self._note_commit()
                 return None
             except Exception as exc:  # handed to every waiter, after the retries
                 with contextlib.suppress(sqlite3.Error):

@@ -124,3 +124,17 @@ async def test_a_lock_held_elsewhere_is_waited_for_by_the_writer_not_the_loop(
     assert state.commits == 1
     await state.close()
     assert [j.id for j in (await reread(tmp_path)).jobs] == ["msg_1/0"]
+
+
+async def test_a_checkpoint_follows_commits_and_none_is_due_while_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "CHECKPOINT_EVERY", 0.01)
+    state = await started_with_one_job(tmp_path)
+    await wait_until(lambda: state.checkpoints == 1, what="the checkpoint after a commit")
+    # Idle: nothing asks for another one, so the thread waits for a commit (no timer).
+    assert not state._committed.is_set()
+    await state.finish_job("msg_1/0")  # committed after the linger
+    await wait_until(lambda: state.checkpoints == 2, what="the checkpoint after the next commit")
+    await state.close()
+    assert (await reread(tmp_path)).jobs == []
