@@ -463,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle", type=float, default=30.0, help="seconds of idle CPU measured (0: none)"
     )
-    parser.add_argument("--slow-n", type=int, default=2000, help="posts with the slow callback")
+    parser.add_argument(
+        "--slow-n", type=int, default=2000, help="posts with the slow callback (0: none)"
+    )
     parser.add_argument("--delay", type=float, default=0.2, help="slow callback delay (s)")
     parser.add_argument("--slow-suts", default="sidecar,forwarder")
     parser.add_argument("--max-in-flight", type=int, default=64)
@@ -557,7 +559,7 @@ def run_all(
                     Scenario(f"rate{r:g}", min(args.rate_n, max(1, int(r * args.rate_s))), rate=r)
                     for r in rates
                 ]
-                if sut in slow_suts:
+                if sut in slow_suts and args.slow_n > 0:
                     scenarios.append(Scenario("slow-callback", args.slow_n, delay=args.delay))
                 rows += [
                     {**r, "round": round_no} for r in run_sut(h, sut, scenarios, workdir, args)

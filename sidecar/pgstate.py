@@ -3,7 +3,10 @@
 The same contract as the SQLite backend (``sidecar.state.State``): ``open`` reads back a
 snapshot (blocking, call it in a thread), every write returns a future resolved once its
 transaction is committed, and whatever is queued when the writer wakes is committed in one
-transaction, so a burst costs one commit. The tables live in their own schema
+transaction, so a burst costs one commit. As there, the writes nobody waits on to send
+anything (a finished job, the cursor past a post that fired nothing, pruning) are held for up
+to ``state.LINGER`` s and ride in the next transaction: at an ordinary rate a post then costs
+one round trip to the server instead of three. The tables live in their own schema
 (``state_schema``), created and migrated by version under an advisory transaction lock, so two
 replicas starting together do not race.
 
@@ -27,10 +30,11 @@ import psycopg
 from psycopg import sql
 
 from sidecar import history_pg
+from sidecar import state as sqlite_state
 from sidecar.backend import Fenced, StateUnavailable
 from sidecar.jobs import Snapshot, job_from_row
 from sidecar.pgconn import PgTarget
-from sidecar.state import WRITE_RETRY_FOR, StateError
+from sidecar.state import LAZY, WRITE_RETRY_FOR, StateError
 from sidecar.statefile import LEGACY_START_ROW, START_KEY
 from sidecar.writes import Command, CommandWriter, Rows
 
@@ -189,6 +193,8 @@ class PgState(CommandWriter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._held: list[tuple[Command, asyncio.Future[None]]] = []  # lazy writes (LINGER)
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"PgState({self.target.safe_url}, schema={self.target.schema!r})"
@@ -235,8 +241,9 @@ class PgState(CommandWriter):
         self._task = self._loop.create_task(self._writer(), name="mm-sidecar-pgstate")
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer, close the connection."""
+        """Commit what is queued (and held), stop the writer, close the connection."""
         if self._task is not None:
+            self._flush_held()
             self._queue.put_nowait(None)
             await self._task
             self._task = None
@@ -248,8 +255,24 @@ class PgState(CommandWriter):
         if self._loop is None:
             raise RuntimeError("state writer not started")
         future: asyncio.Future[None] = self._loop.create_future()
+        if isinstance(command, LAZY):
+            self._held.append((command, future))
+            if self._flush_timer is None:
+                self._flush_timer = self._loop.call_later(sqlite_state.LINGER, self._flush_held)
+            return future
+        self._flush_held()  # before this write: the writer keeps the order
         self._queue.put_nowait((command, future))
         return future
+
+    def _flush_held(self) -> None:
+        """Hand the held lazy writes to the writer (the linger is over, or a write came that
+        someone waits on: they ride in its transaction)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        held, self._held = self._held, []
+        for item in held:
+            self._queue.put_nowait(item)
 
     def open_history(self) -> history_pg.PgHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""

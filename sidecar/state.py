@@ -39,7 +39,7 @@ CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (none, and no wake-up,
 # (the next event's): a lone post then costs one commit, not two. A crash in this window
 # resumes the job from its outbox row (at least once, as before) or catches the post up again.
 LINGER = 0.25
-_LAZY = (writes.FinishJob, writes.PruneSeen, writes.RecordPosition)
+LAZY = (writes.FinishJob, writes.PruneSeen, writes.RecordPosition)
 # A write that comes alone (no other write in the last INLINE_GAP s, nothing queued for the
 # writer) is committed on the loop, at once: WAL + synchronous=NORMAL makes a commit a few
 # writes into the page cache, no fsync (checkpoints have their own thread), which costs less
@@ -129,7 +129,7 @@ class State(CommandWriter):
         if self._loop is None:
             raise RuntimeError("state writer not started")
         future: asyncio.Future[None] = self._loop.create_future()
-        if isinstance(command, _LAZY):
+        if isinstance(command, LAZY):
             if not self._held:
                 self._held_since = self._loop.time()
             self._held.append((command, future))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fakes import numbered_job
 
+from sidecar import state as state_mod
 from sidecar.backend import StateBackend
 from sidecar.state import DB_NAME, Job, Snapshot, State, StateError
 
@@ -71,6 +72,59 @@ async def test_round_trip_and_burst_in_one_transaction(make_state: Factory) -> N
     await again.prune_seen(1010)
     await again.close()
     assert len((await reopen(make_state)).seen) == 40
+
+
+async def started_with_one_job(make_state: Factory) -> StateBackend:
+    """A running backend whose outbox holds job 1 (committed)."""
+    state = make_state()
+    state.open()
+    state.start_writer()
+    await state.record([job(1)], "chan", 1001, ["post1"], 1001)
+    return state
+
+
+async def test_writes_nobody_waits_on_ride_in_the_next_transaction(
+    make_state: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished job, a cursor moved past a post that fired nothing: held for up to LINGER
+    and committed with the next write that someone waits on (a lone post: one commit, one
+    round trip to PostgreSQL, not three)."""
+    monkeypatch.setattr(state_mod, "LINGER", 3600.0)  # only the next write can carry them
+    state = await started_with_one_job(make_state)
+    assert state.commits == 1
+    finished = state.finish_job("msg_1/0")
+    skipped = state.record_position("chan", 1002, [], 1002)
+    # Both are held on the loop: nothing was handed to the writer.
+    assert state._queue.qsize() == 0  # type: ignore[attr-defined]
+    assert not finished.done() and not skipped.done()
+    await state.record([job(3)], "chan", 1003, ["post3"], 1003)
+    assert finished.done() and skipped.done()
+    assert state.commits == 2  # the next event's transaction carried both
+    await state.close()
+    snap = await reopen(make_state)
+    assert [j.id for j in snap.jobs] == ["msg_3/0"] and snap.cursors == {"chan": 1003}
+
+
+async def test_a_held_write_alone_is_committed_after_the_linger(
+    make_state: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 0.01)
+    state = await started_with_one_job(make_state)
+    await state.finish_job("msg_1/0")  # no other write follows: the timer commits it
+    assert state.commits == 2
+    await state.close()
+    assert (await reopen(make_state)).jobs == []
+
+
+async def test_close_commits_what_is_held(
+    make_state: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_mod, "LINGER", 3600.0)
+    state = await started_with_one_job(make_state)
+    finished = state.finish_job("msg_1/0")
+    await state.close()
+    assert finished.done() and finished.exception() is None
+    assert (await reopen(make_state)).jobs == []
 
 
 async def test_cursor_never_moves_back(make_state: Factory) -> None:

@@ -1,8 +1,7 @@
-"""SQLite state: writes nobody waits on to send anything ride in the next transaction.
+"""SQLite state: how held writes and lone writes are committed (on the loop or by the writer).
 
-A finished job, a cursor moved past a post that fired nothing, pruning: held on the loop
-for up to ``LINGER`` and committed with the next write that someone waits on, so a lone
-post costs one commit (and one writer and loop wake-up), not two.
+What both backends share (a write nobody waits on rides in the next transaction, or is
+committed after ``LINGER``, or at close) is tested in ``test_state.py``.
 """
 
 from __future__ import annotations
@@ -40,24 +39,6 @@ def job(n: int) -> Job:
     return numbered_job(n, body=b"text=x", content_type="application/x-www-form-urlencoded")
 
 
-async def test_a_finished_job_rides_in_the_next_events_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(state_mod, "LINGER", 3600.0)  # only the next write can carry it
-    state = await started_with_one_job(tmp_path)
-    assert state.commits == 1
-    finished = state.finish_job("msg_1/0")
-    skipped = state.record_position("chan", 1002, [], 1002)  # a post that fired nothing
-    # Both are held on the loop: nothing was handed to the writer.
-    assert state._queue.qsize() == 0 and not finished.done() and not skipped.done()
-    await state.record([job(3)], "chan", 1003, ["post3"], 1003)
-    assert finished.done() and skipped.done()
-    assert state.commits == 2  # the next event's transaction carried both
-    await state.close()
-    snap = await reread(tmp_path)
-    assert [j.id for j in snap.jobs] == ["msg_3/0"] and snap.cursors == {"chan": 1003}
-
-
 async def test_a_lone_finished_job_is_committed_after_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,15 +66,6 @@ async def test_held_writes_go_to_the_writer_when_the_file_is_locked_at_the_linge
     other.close()
     await finished
     await state.close()
-    assert (await reread(tmp_path)).jobs == []
-
-
-async def test_close_commits_what_is_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_mod, "LINGER", 3600.0)
-    state = await started_with_one_job(tmp_path)
-    finished = state.finish_job("msg_1/0")
-    await state.close()
-    assert finished.done() and finished.exception() is None
     assert (await reread(tmp_path)).jobs == []
 
 
