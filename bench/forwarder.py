@@ -3,7 +3,7 @@
 websocket frame → one POST to the callback → one POST of the reply. No rules, no state, no
 retries, no lookups: it forwards every post but the bot's own. Callback requests are capped
 at ``--concurrency`` like the sidecar's ``max_in_flight``.
-``python -m bench.forwarder --url URL --token T --callback URL``
+``python -m bench.forwarder --url URL --token T --callback URL [--loop uvloop]``
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import aiohttp
 from websockets.asyncio.client import connect
 
+LOOPS = ("asyncio", "uvloop")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -77,8 +78,15 @@ def main() -> None:
     parser.add_argument("--token", required=True, help="bot token")
     parser.add_argument("--callback", required=True, help="callback URL")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop")
     args = parser.parse_args()
-    asyncio.run(forward(args.url, args.token, args.callback, args.concurrency))
+    main_task = forward(args.url, args.token, args.callback, args.concurrency)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main_task)
+    else:
+        asyncio.run(main_task)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, Harness, Proc, sidecar_argv, sidecar_config
+from bench.common import RESULTS, Harness, Proc, sidecar_argv, sidecar_config, toml_str
+from bench.forwarder import LOOPS
 from bench.report import envelope, format_table, print_footer, target, targets_table, write_json
 
 SUTS = ("sidecar", "forwarder")
@@ -45,12 +46,13 @@ def count(h: Harness, sut: str, workdir: Path, args: argparse.Namespace) -> dict
     """One system under callgrind: instructions per post and per idle second."""
     out = workdir / f"{sut}.callgrind"
     if sut == "sidecar":
-        command = sidecar_argv(sidecar_config(workdir / sut, h))
+        extra = f"event_loop = {toml_str(args.loop)}\n"
+        command = sidecar_argv(sidecar_config(workdir / sut, h, extra_sidecar=extra))
     else:
         token = str(h.info["bot_token"])
         command = [
             *(sys.executable, "-m", "bench.forwarder", "--url", h.url, "--token", token),
-            *("--callback", h.hook_url),
+            *("--callback", h.hook_url, "--loop", args.loop),
         ]
     argv = [
         *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no"),
@@ -98,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=30, help="posts before counting")
     parser.add_argument("--idle", type=float, default=10.0, help="idle seconds counted")
     parser.add_argument("--suts", default=",".join(SUTS), help="systems, comma-separated")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop of the sidecar and the forwarder alike (uvloop: the [fast] extra)",
+    )
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/…)")
     args = parser.parse_args(argv)

@@ -41,6 +41,7 @@ from bench.common import (
     sidecar_config,
     toml_str,
 )
+from bench.forwarder import LOOPS
 from bench.profile import summarize_profile
 from bench.report import (
     envelope,
@@ -79,21 +80,27 @@ def mmpy_available() -> bool:
 
 
 def sut_argv(
-    sut: str, h: Harness, workdir: Path, max_in_flight: int, *, fresh: bool = False
+    sut: str,
+    h: Harness,
+    workdir: Path,
+    max_in_flight: int,
+    *,
+    fresh: bool = False,
+    loop: str = "asyncio",
 ) -> list[str]:
-    """The command line that starts one system under test."""
+    """The command line that starts one system under test (``loop``: the sidecar's and the
+    forwarder's event loop; mmpy_bot keeps its own)."""
     token = str(h.info["bot_token"])
-    if sut == "sidecar":
-        config = sidecar_config(workdir / sut, h, max_in_flight=max_in_flight)
-        return sidecar_argv(config)
-    if sut == "sidecar-pg":
-        extra = f"state_url = {toml_str(PG_URL[0])}\n"
+    if sut in ("sidecar", "sidecar-pg"):
+        extra = f"event_loop = {toml_str(loop)}\n"
+        if sut == "sidecar-pg":
+            extra += f"state_url = {toml_str(PG_URL[0])}\n"
         config = sidecar_config(workdir / sut, h, max_in_flight=max_in_flight, extra_sidecar=extra)
         return sidecar_argv(config)
     if sut == "forwarder":
         return [
             *(sys.executable, "-m", "bench.forwarder", "--url", h.url, "--token", token),
-            *("--callback", h.hook_url, "--concurrency", str(max_in_flight)),
+            *("--callback", h.hook_url, "--concurrency", str(max_in_flight), "--loop", loop),
         ]
     shape = sut.removeprefix("mmpy-")
     return [
@@ -159,7 +166,7 @@ def run_sut(
     h: Harness, sut: str, scenarios: list[Scenario], workdir: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Start one system, warm it up, run its scenarios, stop it."""
-    argv = sut_argv(sut, h, workdir, args.max_in_flight, fresh=args.mmpy_fresh)
+    argv = sut_argv(sut, h, workdir, args.max_in_flight, fresh=args.mmpy_fresh, loop=args.loop)
     proc = Proc(sut, argv, workdir, ready=False)
     rows: list[dict[str, Any]] = []
     try:
@@ -198,7 +205,7 @@ def profile_sidecar(h: Harness, workdir: Path, args: argparse.Namespace) -> dict
     or ``--profile-rate`` posts/s (where the per-event cost that batching hides shows)."""
     proc = Proc(
         f"{args.profile_sut}-profiled",
-        sut_argv(args.profile_sut, h, workdir / "profiled", 64),
+        sut_argv(args.profile_sut, h, workdir / "profiled", 64, loop=args.loop),
         workdir,
         ready=False,
     )
@@ -471,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1, help="repeat all, median counts")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop of the sidecar and the forwarder alike (uvloop: the [fast] extra)",
+    )
     parser.add_argument(
         "--suts",
         default=",".join(s for s in SUTS if s != "sidecar-pg"),

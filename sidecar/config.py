@@ -47,7 +47,7 @@ MATTERMOST_KEYS = ("url", "token", "token_file", "verify_tls", "max_post_size")
 SIDECAR_KEYS = (
     "state_dir", "listen", "log_format", "allowed_untrusted_internal_connections",
     "enable_post_username_override", "enable_post_icon_override", "max_in_flight",
-    "catch_up_window", "shutdown_timeout", "join_public_channels", "join_interval",
+    "event_loop", "catch_up_window", "shutdown_timeout", "join_public_channels", "join_interval",
     "history_days", "dead_letter_days", "history_max_rows",
     "state_url", "state_password_file", "state_schema", "lease_check_interval",
 )
@@ -113,6 +113,7 @@ class SidecarConfig:
     enable_post_username_override: bool = False
     enable_post_icon_override: bool = False
     max_in_flight: int = 64
+    event_loop: str = "asyncio"  # or "uvloop" (the [fast] extra)
     catch_up_window: float = 3600.0
     shutdown_timeout: float = 10.0
     join_public_channels: bool = True
@@ -317,6 +318,7 @@ def _sidecar(t: Table) -> SidecarConfig:
         enable_post_username_override=t.boolean("enable_post_username_override", False),
         enable_post_icon_override=t.boolean("enable_post_icon_override", False),
         max_in_flight=t.integer("max_in_flight", d.max_in_flight, lo=1, hi=100_000),
+        event_loop=_event_loop(t, d),
         catch_up_window=t.number("catch_up_window", d.catch_up_window, lo=0),
         shutdown_timeout=t.number("shutdown_timeout", d.shutdown_timeout, lo=0),
         join_public_channels=t.boolean("join_public_channels", d.join_public_channels),
@@ -326,6 +328,14 @@ def _sidecar(t: Table) -> SidecarConfig:
         history_max_rows=t.integer("history_max_rows", d.history_max_rows, lo=0, hi=100_000_000),
         **_ha_keys(t, d),
     )
+
+
+def _event_loop(t: Table, d: SidecarConfig) -> str:
+    """``event_loop``: "asyncio" (the standard library's) or "uvloop" (installed)."""
+    loop = t.choice("event_loop", {"asyncio": "asyncio", "uvloop": "uvloop"}, d.event_loop)
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        t.error("event_loop", "needs uvloop: pip install 'mattermost-webhook-sidecar[fast]'")
+    return loop
 
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -38,6 +38,7 @@ RESTART_SIDECAR_KEYS = (
     "state_dir",
     "listen",
     "max_in_flight",
+    "event_loop",
     "allowed_untrusted_internal_connections",
     "state_url",
     "state_schema",

@@ -170,6 +170,11 @@ BAD: list[tuple[str, dict[str, dict[str, str | None]], str]] = [
         'sidecar.log_format: must be "text" or "json", got \'xml\'',
     ),
     (
+        "event_loop",
+        {S: {"event_loop": '"trio"'}},
+        'sidecar.event_loop: must be "asyncio" or "uvloop", got \'trio\'',
+    ),
+    (
         "allowed type",
         {S: {"allowed_untrusted_internal_connections": "5"}},
         "sidecar.allowed_untrusted_internal_connections: expected an array of strings, got integer",
@@ -1046,3 +1051,23 @@ def test_state_url_without_psycopg_is_a_config_error(
     assert errors == [
         "sidecar.state_url: needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'"
     ]
+
+
+def test_event_loop_uvloop_without_the_package_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    errors = errors_of(tmp_path, render({S: {"event_loop": '"uvloop"'}}))
+    assert errors == [
+        "sidecar.event_loop: needs uvloop: pip install 'mattermost-webhook-sidecar[fast]'"
+    ]
+
+
+def test_event_loop_defaults_to_asyncio_and_takes_uvloop(tmp_path: Path) -> None:
+    assert load(tmp_path, render({})).sidecar.event_loop == "asyncio"
+    assert load(tmp_path, render({S: {"event_loop": '"uvloop"'}})).sidecar.event_loop == "uvloop"

@@ -274,6 +274,28 @@ async def test_sighup_broken_config_keeps_old_rules_good_config_applies(
     ]
 
 
+async def test_the_daemon_on_uvloop_delivers_reloads_and_stops(
+    world: World, cb: CallbackRecorder, tmp_path: Path, start: Start
+) -> None:
+    """``event_loop = "uvloop"`` (the ``fast`` extra): the same daemon on libuv's loop, with
+    its signal handlers (SIGHUP, SIGTERM), threads (state writer) and subprocess-free I/O."""
+    cb.respond_with(lambda req: Reply(200, {"text": f"re: {text_of(req)}"}))
+    path = write_config(tmp_path / "sidecar.toml", world, [dev_hook(cb)], event_loop="uvloop")
+    daemon = await start(path)
+    assert daemon.count("event loop: uvloop") == 1
+    post(world, "on uvloop")
+    await cb.wait_for(1)
+    await world.mm.wait_for_posts(world.dev["id"], 2)
+    assert messages(world)[-1] == "re: on uvloop"
+
+    write_config(path, world, [dev_hook(cb)], event_loop="asyncio")
+    daemon.signal(signal.SIGHUP)
+    await daemon.wait_line("reload: [sidecar] event_loop takes effect only after a restart")
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit() == 0
+    assert [text_of(r) for r in cb.requests] == ["on uvloop"]
+
+
 # -- 12. an unusable state file ----------------------------------------------------------------
 
 
