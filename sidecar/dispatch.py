@@ -187,7 +187,7 @@ class Dispatcher:
             self._step,
             cursors=cursors,
             default=default,
-            seen=self.progress.seen,
+            seen=self.progress.processed_among,
             channels=channels,
             what=what,
         )
@@ -227,14 +227,17 @@ class Dispatcher:
             if event == "posted":
                 self.progress.passed(post)  # never fires; skip the lookups, but move the cursor
             return
+        # ``since``: the earliest time the key can have been recorded with (see sidecar.seen;
+        # a reaction added again has its first time, no earlier than its post's create_at).
         if event == "posted":
-            key = post.id
+            key, since = post.id, post.create_at
         elif event == "post_edited":
-            key = edit_key(post)
+            key, since = edit_key(post), post.edit_at
         else:
             assert reaction is not None
-            key = reaction_key(reaction)
-        if key in self.progress.seen:
+            key, since = reaction_key(reaction), post.create_at
+        seen = self.progress.seen
+        if key in seen or (seen.unsure(since) and await self.progress.processed(key, since)):
             return
         try:
             channel, team, actor = await self._resolve.context(post, actor_id, channel, team)
