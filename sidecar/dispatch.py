@@ -203,6 +203,7 @@ class Dispatcher:
                 channel=item.channel,
                 team=item.team,
                 reaction=item.reaction,
+                asked=True,
             )
         self._catching_up.report(found, self._step, what, started)
         return len(found.items)
@@ -216,7 +217,10 @@ class Dispatcher:
         channel: Channel | None = None,
         team: Team | None = None,
         reaction: Reaction | None = None,
+        asked: bool = False,
     ) -> None:
+        """One post event; ``asked``: found by a catch-up, which asked the table about its key
+        already (since then, only this pipeline can have processed it: memory tells)."""
         if (
             post.user_id == self.me.id
             or post.from_webhook
@@ -237,7 +241,9 @@ class Dispatcher:
             assert reaction is not None
             key, since = reaction_key(reaction), post.create_at
         seen = self.progress.seen
-        if key in seen or (seen.unsure(since) and await self.progress.processed(key, since)):
+        if key in seen or (
+            not asked and seen.unsure(since) and await self.progress.processed(key, since)
+        ):
             return
         try:
             channel, team, actor = await self._resolve.context(post, actor_id, channel, team)

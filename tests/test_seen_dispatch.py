@@ -97,15 +97,18 @@ async def test_catch_up_asks_the_table_once_per_channel_for_the_evicted_keys() -
     d = dispatcher(rest, state, outbox)
     for n in range(10):
         await d.dispatch(posted(post(n)))
-    # The server repeats the channel's posts since an old cursor, and one new post.
-    state.cursors[CHANNEL.id] = NOW
-    d.progress.cursors[CHANNEL.id] = NOW
-    rest.since_pages = [[post(n) for n in range(11)]]
-    assert await d.catch_up() == 1
-    assert [j.post_id for j in outbox.jobs] == [post(n).id for n in range(11)]
-    asked = {post(n).id for n in range(11)} - set(d.progress.seen)
-    assert len(state.lookups) == 1 and set(state.lookups[0]) <= asked
-    assert post(0).id in state.lookups[0]
+    # The server repeats the channel's posts since an old cursor, a new post, and one
+    # stamped before the floor but after the cursor (a client's clock): it is due as well.
+    state.cursors[CHANNEL.id] = NOW - 100
+    d.progress.cursors[CHANNEL.id] = NOW - 100
+    backdated = post(20, at=NOW - 50)
+    rest.since_pages = [[post(n) for n in range(11)] + [backdated]]
+    assert await d.catch_up() == 2
+    assert [j.post_id for j in outbox.jobs][10:] == [backdated.id, post(10).id]  # oldest first
+    # One batched lookup for the keys below the floor, none again while processing them.
+    assert len(state.lookups) == 1
+    assert {post(0).id, backdated.id} <= set(state.lookups[0])
+    assert post(10).id not in state.lookups[0]  # after the floor: surely new
 
 
 async def test_a_restart_loads_the_newest_keys_and_an_older_one_is_still_deduplicated() -> None:
