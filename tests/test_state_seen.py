@@ -3,8 +3,10 @@ the start-up read of the newest ones (``seen_limit``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,36 @@ async def test_sqlite_answers_from_a_thread_before_the_writer_started(tmp_path: 
         assert await reader.seen_among(["a", "b"]) == {"a"}
     finally:
         await reader.close()
+
+
+async def test_postgresql_lookup_survives_a_lost_connection(pg_cluster: Any, pg_url: str) -> None:
+    from sidecar.pgconn import PgTarget
+    from sidecar.pgstate import PgState
+
+    state = PgState(PgTarget(pg_url))
+    state.open()
+    state.start_writer()
+    try:
+        await state.record_position("chan", 5, ["a"], 5)
+        assert await state.seen_among(["a", "b"]) == {"a"}
+        db = pg_url.rsplit("/", 1)[1]
+        killed = pg_cluster.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{db}' AND application_name = 'mm-sidecar'"
+        )
+        assert len(killed) == 2  # the writer's connection and the lookups'
+        assert await state.seen_among(["a", "b"]) == {"a"}
+    finally:
+        await state.close()
+
+
+async def test_postgresql_lookup_gives_up_after_the_retry_bound(pg_cluster: Any) -> None:
+    from sidecar.backend import StateUnavailable
+    from sidecar.pgconn import PgTarget
+    from sidecar.pgstate import PgState
+
+    url = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/no_such_db"
+    state = PgState(PgTarget(url), retry_for=0.3)
+    with pytest.raises(StateUnavailable, match="seen lookup failed"):
+        await asyncio.wait_for(state.seen_among(["a"]), 10)
+    await state.close()
