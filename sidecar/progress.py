@@ -29,7 +29,9 @@ class Progress:
     ) -> None:
         self._state = state
         self._now = server_now
-        self.seen = seen.SeenKeys(snapshot.seen, floor=snapshot.seen_floor, cap=seen.SEEN_IN_MEMORY)
+        self.seen = seen.SeenKeys(
+            snapshot.seen, floor=snapshot.seen_floor, cap=seen.SEEN_IN_MEMORY, now=server_now
+        )
         self.fresh = snapshot.fresh and not snapshot.cursors and snapshot.start is None
         # A file without a saved start (from before it was kept) falls back to its oldest cursor.
         position = snapshot.start

@@ -28,17 +28,18 @@ A future that fails (``StateWriteError``, ``Fenced``) is never passed: nothing i
 it, and the daemon exits (or stands down) anyway. Costs: O(1) amortised per record, no timer;
 eviction runs in batches of ``cap // 16`` keys.
 
-Beware: a key stamped in the future (a post with a future ``create_at``), once evicted, raises
-the floor to its time; until the server's clock reaches it, keys absent from memory are asked
-of the table. Correct, but a query per new event for that long.
+A key stamped in the future (a client may set a post's ``create_at``) is not evicted: that
+would raise the floor to its time, and until the server's clock reached it every new key would
+be asked of the table (a query per event, for as long as the client chose). It moves aside, to
+a dict of its own that only pruning empties, as memory kept every key before it was bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
 
 #: How many processed keys memory holds (a little more between two evictions). A tuning knob:
 #: the daemon reads it when it starts (tests lower it).
@@ -61,12 +62,22 @@ def newest(rows: Iterable[tuple[str, int]], limit: int | None) -> tuple[dict[str
 class SeenKeys:
     """The processed keys in memory: key -> ``at``, oldest record first, with ``floor``."""
 
-    __slots__ = ("_keys", "_pending", "_slack", "cap", "floor")
+    __slots__ = ("_future", "_keys", "_now", "_pending", "_slack", "cap", "floor")
 
-    def __init__(self, keys: dict[str, int], *, floor: int = 0, cap: int = SEEN_IN_MEMORY) -> None:
+    def __init__(
+        self,
+        keys: dict[str, int],
+        *,
+        floor: int = 0,
+        cap: int = SEEN_IN_MEMORY,
+        now: Callable[[], int] | None = None,
+    ) -> None:
+        """``now``: the server's clock (ms); a key stamped after it is never evicted."""
         # Loaded keys are committed; the oldest first, so they are evicted first.
         self._keys = dict(sorted(keys.items(), key=lambda item: item[1]))
+        self._future: dict[str, int] = {}  # stamped in the future when due for eviction
         self._pending: deque[asyncio.Future[None]] = deque()
+        self._now = now
         self.floor = floor
         self.cap = cap
         self._slack = max(1, cap // 16)
@@ -74,20 +85,21 @@ class SeenKeys:
 
     def __contains__(self, key: object) -> bool:
         """In memory: surely processed (absent: see ``unsure``)."""
-        return key in self._keys
+        return key in self._keys or key in self._future
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._future)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return chain(self._keys, self._future)
 
     def get(self, key: str) -> int | None:
-        return self._keys.get(key)
+        at = self._keys.get(key)
+        return self._future.get(key) if at is None else at
 
     def items(self) -> Iterable[tuple[str, int]]:
-        """Key and ``at``, oldest record first."""
-        return self._keys.items()
+        """Key and ``at``, oldest record first (then those stamped in the future)."""
+        return chain(self._keys.items(), self._future.items())
 
     def unsure(self, since: int) -> bool:
         """Whether a key absent from memory, recorded (if ever) at ``since`` or later, must be
@@ -108,9 +120,9 @@ class SeenKeys:
 
     def prune(self, horizon: int) -> None:
         """Forget keys older than ``horizon`` (ms): the table forgets the same."""
-        keys = self._keys
-        for key in [k for k, at in keys.items() if at < horizon]:
-            del keys[key]
+        for keys in (self._keys, self._future):
+            for key in [k for k, at in keys.items() if at < horizon]:
+                del keys[key]
 
     def _evict(self) -> None:
         """Drop the oldest committed keys beyond the cap, raising the floor past each."""
@@ -119,9 +131,12 @@ class SeenKeys:
         if extra <= 0:
             return
         floor = self.floor
+        now = self._now() if self._now is not None else None
         for key in list(islice(keys, extra)):
             at = keys.pop(key)
-            if at >= floor:
+            if now is not None and at > now:
+                self._future[key] = at
+            elif at >= floor:
                 floor = at + 1
         self.floor = floor
 

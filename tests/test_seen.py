@@ -109,3 +109,18 @@ def test_newest_loads_the_newest_keys_and_the_floor_above_what_is_left_out(
     rows: list[tuple[str, int]], limit: int | None, keys: dict[str, int], floor: int
 ) -> None:
     assert newest(rows, limit) == (keys, floor)
+
+
+async def test_a_key_stamped_in_the_future_stays_and_does_not_raise_the_floor() -> None:
+    """Evicting it would raise the floor past the server's now: every new key would then be
+    asked of the table until the clock reached the stamp."""
+    now = 1000
+    keys = SeenKeys({}, cap=2, now=lambda: now)
+    keys.record("future", now + 86_400_000, future(done=True))
+    for n in range(10):
+        keys.record(f"k{n}", now - 100 + n, future(done=True))
+    assert "future" in keys and keys.get("future") == now + 86_400_000
+    assert keys.floor == now - 100 + 8  # past k7, the newest evicted key
+    assert not keys.unsure(now)
+    keys.prune(now + 86_400_001)  # pruning, as before the bound, is what drops it
+    assert "future" not in keys

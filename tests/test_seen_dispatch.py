@@ -29,6 +29,7 @@ def tiny_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def dispatcher(rest: FakeRest, state: FakeState, outbox: RecordingOutbox) -> Dispatcher:
     """A dispatcher started as the daemon starts: the newest SEEN_IN_MEMORY keys loaded."""
+    rest.now_ms = NOW + 10_000  # after every post here (a key stamped later is kept)
     return Dispatcher(
         rest=cast(Any, rest),
         state=cast(Any, state),
