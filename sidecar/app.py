@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar import __version__
+from sidecar import __version__, seen
 from sidecar.backend import Fenced, StateBackend, postgres_backend
 from sidecar.config import Config
 from sidecar.delivery import USER_AGENT, CallbackClient
@@ -131,12 +131,16 @@ class Sidecar:
 
     async def start(self) -> None:
         """Open the state, connect, and (without HA) build the pipeline."""
-        snapshot = None if self.ha else await asyncio.to_thread(self.state.open)
+        snapshot = None if self.ha else await asyncio.to_thread(self.open_state)
         self._state_open = True
         self.state.start_writer()
         await self.connect()
         if snapshot is not None:
             await self.begin(snapshot)
+
+    def open_state(self) -> Snapshot:
+        """Read the state back, with the newest processed keys only (``seen``). Blocking."""
+        return self.state.open(seen_limit=seen.SEEN_IN_MEMORY)
 
     async def connect(self) -> Session:
         """Log in, build the runtime, run the start-up checks, start the clients and the

@@ -36,8 +36,12 @@ class StateBackend(Protocol):
     commits: int  # transactions committed so far (tests, bench)
     on_write_failure: Callable[[BaseException], None] | None
 
-    def open(self) -> Snapshot:
-        """Create or migrate the store and read it back. Blocking: call in a thread."""
+    def open(self, *, seen_limit: int | None = None) -> Snapshot:
+        """Create or migrate the store and read it back. Blocking: call in a thread.
+
+        ``seen_limit``: read only the newest so many processed keys (the daemon's start;
+        ``Snapshot.seen_floor`` says which are surely all there); None: all (``migrate``).
+        """
         ...
 
     def start_writer(self) -> None:
@@ -78,6 +82,11 @@ class StateBackend(Protocol):
         ...
 
     def prune_seen(self, older_than: int) -> asyncio.Future[None]: ...
+
+    async def seen_among(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the ``seen`` table holds (committed processed keys); one batched
+        lookup, for the keys memory no longer holds (``sidecar.seen``)."""
+        ...
 
 
 def sqlite_backend(state_dir: Path) -> StateBackend:

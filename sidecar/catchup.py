@@ -13,12 +13,16 @@ when a page comes back full, paging forward from the newest change seen is compl
 the server happened to return the oldest ones. Then the channel is also walked with
 ``?page=&per_page=`` (newest first by create_at, a stable order) back to the cursor, so no new
 post is missed whatever order the server used; only edits beyond 1000 can still be missed.
+
+Which events were processed already is asked once per channel, for all the keys its posts
+could be due under (memory answers for the newest keys, one batched lookup in the state's
+``seen`` table for older ones: see ``sidecar.seen``); deciding what is due stays pure.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.errors import BadAnswer, MattermostError, ObjectError, Unauthorized
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 1000  # the server's cap on one posts?since= answer
 PER_PAGE = 200  # the server's cap on per_page
+
+#: Which of the ``(key, since)`` pairs were processed (``since``: the earliest time the key can
+#: have been recorded with); ``Progress.processed_among``.
+SeenCheck = Callable[[Sequence[tuple[str, int]]], Awaitable[Container[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +123,17 @@ async def collect(
     cursors: dict[str, int],
     default_cursor: int,
     window_start: int,
-    seen: Container[str],
+    seen: SeenCheck,
     channels: Sequence[tuple[Channel, Team | None]] | None = None,
 ) -> CatchUp:
     """Fetch and sort what is left to process since the cursors.
 
     ``channels`` defaults to every channel in scope (``scope_channels``; a join passes the
     channels just joined); a channel without a cursor is caught up from ``default_cursor``.
-    A post is new (``posted``) when it is not in ``seen`` and was created at or after the
-    channel's cursor; independently, its latest edit is due (``post_edited``) when made at or
-    after the cursor and not in ``seen``: a post created and edited in one gap fires both,
-    with its current text.
+    A post is new (``posted``) when it was not processed (``seen``, asked once per channel)
+    and was created at or after the channel's cursor; independently, its latest edit is due
+    (``post_edited``) when made at or after the cursor and not processed: a post created and
+    edited in one gap fires both, with its current text.
 
     A channel the server refuses (403/404: the bot left it meanwhile) is logged and skipped;
     any other error is raised, so the caller can try the whole catch-up again.
@@ -138,10 +146,11 @@ async def collect(
     for channel, team in channels:
         cursor = cursors.get(channel.id, default_cursor)
         posts = await _fetch_channel(rest, channel, cursor, window_start, result)
-        due = _Due(channel, team, cursor, window_start, seen, wants)
+        posts = [post for post in posts if not post.delete_at]
+        due = _Due(channel, team, cursor, window_start, wants)
+        processed = await seen([asked for post in posts for asked in due.asked(post)])
         for post in posts:
-            if not post.delete_at:
-                due.add(post, result)
+            due.add(post, result, processed)
     result.items.sort(key=lambda item: item.at)
     return result
 
@@ -180,27 +189,35 @@ class _Due:
     team: Team | None
     cursor: int
     window_start: int
-    seen: Container[str]
     wants: _Wants
 
-    def add(self, post: Post, result: CatchUp) -> None:
+    def asked(self, post: Post) -> Iterator[tuple[str, int]]:
+        """The keys ``add`` asks ``seen`` about, each with the earliest time it can have been
+        recorded with (a reaction added again keeps its key: its post's create_at)."""
+        if post.create_at >= self.cursor:
+            yield post.id, post.create_at
+        if self.wants.edits and post.edit_at and post.edit_at >= self.cursor:
+            yield edit_key(post), post.edit_at
+        for reaction in post.reactions if self.wants.reactions else ():
+            if reaction.create_at >= self.cursor:
+                yield reaction_key(reaction), post.create_at
+
+    def add(self, post: Post, result: CatchUp, seen: Container[str]) -> None:
         """The post's events still due: itself, its latest edit, its reactions."""
-        if post.create_at >= self.cursor and post.id not in self.seen:
+        if post.create_at >= self.cursor and post.id not in seen:
             # Also when no webhook listens for posts: it moves the channel's cursor.
             posted = Posted(post, self.channel.type, self.channel.name, self.channel.team_id)
             result.admit(post.create_at, self._found(posted, post), self.window_start)
-        if self.wants.edits and self._edit_due(post):
+        if self.wants.edits and self._edit_due(post, seen):
             result.admit(post.edit_at, self._found(PostEdited(post), post), self.window_start)
         # A reaction moves its post's update_at, and REST posts carry their reactions.
         for reaction in post.reactions if self.wants.reactions else ():
-            if reaction.create_at >= self.cursor and reaction_key(reaction) not in self.seen:
+            if reaction.create_at >= self.cursor and reaction_key(reaction) not in seen:
                 found = self._found(ReactionAdded(reaction), post)
                 result.admit(reaction.create_at, found, self.window_start)
 
-    def _edit_due(self, post: Post) -> bool:
-        return (
-            bool(post.edit_at) and post.edit_at >= self.cursor and edit_key(post) not in self.seen
-        )
+    def _edit_due(self, post: Post, seen: Container[str]) -> bool:
+        return bool(post.edit_at) and post.edit_at >= self.cursor and edit_key(post) not in seen
 
     def _found(self, event: Posted | PostEdited | ReactionAdded, post: Post) -> Found:
         return Found(event, post, self.channel, self.team)

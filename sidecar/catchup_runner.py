@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable
 
-from sidecar.catchup import CatchUp, collect
+from sidecar.catchup import CatchUp, SeenCheck, collect
 from sidecar.errors import MattermostError, Unauthorized
 from sidecar.health import Metrics
 from sidecar.mattermost import RestClient
@@ -33,7 +33,7 @@ class CatchUpRunner:
         *,
         cursors: dict[str, int],
         default: int,
-        seen: dict[str, int],
+        seen: SeenCheck,
         channels: list[tuple[Channel, Team | None]] | None,
         what: str,
     ) -> CatchUp | None:

@@ -187,7 +187,7 @@ class Dispatcher:
             self._step,
             cursors=cursors,
             default=default,
-            seen=self.progress.seen,
+            seen=self.progress.processed_among,
             channels=channels,
             what=what,
         )
@@ -203,6 +203,7 @@ class Dispatcher:
                 channel=item.channel,
                 team=item.team,
                 reaction=item.reaction,
+                asked=True,
             )
         self._catching_up.report(found, self._step, what, started)
         return len(found.items)
@@ -216,7 +217,10 @@ class Dispatcher:
         channel: Channel | None = None,
         team: Team | None = None,
         reaction: Reaction | None = None,
+        asked: bool = False,
     ) -> None:
+        """One post event; ``asked``: found by a catch-up, which asked the table about its key
+        already (since then, only this pipeline can have processed it: memory tells)."""
         if (
             post.user_id == self.me.id
             or post.from_webhook
@@ -227,14 +231,19 @@ class Dispatcher:
             if event == "posted":
                 self.progress.passed(post)  # never fires; skip the lookups, but move the cursor
             return
+        # ``since``: the earliest time the key can have been recorded with (see sidecar.seen;
+        # a reaction added again has its first time, no earlier than its post's create_at).
         if event == "posted":
-            key = post.id
+            key, since = post.id, post.create_at
         elif event == "post_edited":
-            key = edit_key(post)
+            key, since = edit_key(post), post.edit_at
         else:
             assert reaction is not None
-            key = reaction_key(reaction)
-        if key in self.progress.seen:
+            key, since = reaction_key(reaction), post.create_at
+        seen = self.progress.seen
+        if key in seen or (
+            not asked and seen.unsure(since) and await self.progress.processed(key, since)
+        ):
             return
         try:
             channel, team, actor = await self._resolve.context(post, actor_id, channel, team)

@@ -111,7 +111,7 @@ class HighAvailability:
     async def _try(self) -> bool:
         if not self._schema_ready:
             try:
-                await asyncio.to_thread(self.state.open)  # creates or migrates the schema
+                await asyncio.to_thread(self.app.open_state)  # creates or migrates the schema
             except StateUnavailable as exc:
                 self._unreachable(exc)
                 return False
@@ -138,7 +138,7 @@ class HighAvailability:
         self.state.epoch = epoch
         self.state.on_fenced = lambda exc: self.app.depose()
         try:
-            snapshot = await asyncio.to_thread(self.state.open)
+            snapshot = await asyncio.to_thread(self.app.open_state)
         except StateUnavailable as exc:
             log.warning("took the lease (epoch %s) but cannot read the state: %s", epoch, exc)
             await self.lease.stand_down()

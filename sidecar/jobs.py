@@ -61,6 +61,9 @@ class Snapshot:
     jobs: list[Job]
     #: Where processing began (server ms), once saved: the cursor of channels without one.
     start: int | None = None
+    #: Read with a limit (the daemon's start): every key whose ``at`` is at or after this
+    #: (server ms) is in ``seen``; older ones may be only in the table (0: all were read).
+    seen_floor: int = 0
 
 
 def job_from_row(row: tuple[Any, ...]) -> Job:

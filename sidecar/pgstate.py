@@ -34,6 +34,7 @@ from sidecar import state as sqlite_state
 from sidecar.backend import Fenced, StateUnavailable
 from sidecar.jobs import Snapshot, job_from_row
 from sidecar.pgconn import PgTarget
+from sidecar.seen import newest
 from sidecar.state import LAZY, WRITE_RETRY_FOR, StateError
 from sidecar.statefile import LEGACY_START_ROW, START_KEY
 from sidecar.writes import Command, CommandWriter, Rows
@@ -126,12 +127,21 @@ def move_legacy_start(conn: psycopg.Connection[Any]) -> None:
         log.info("state schema: start position moved from the cursor table to meta")
 
 
-def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
-    """Cursors, seen keys and unfinished jobs, read in one repeatable-read transaction."""
+def read_snapshot(
+    conn: psycopg.Connection[Any], fresh: bool, seen_limit: int | None = None
+) -> Snapshot:
+    """Cursors, seen keys (all, or the newest ``seen_limit``) and unfinished jobs, read in one
+    repeatable-read transaction."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         cursors = dict(conn.execute("SELECT channel_id, create_at FROM cursor").fetchall())
-        seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
+        if seen_limit is None:
+            seen, floor = dict(conn.execute("SELECT key, at FROM seen").fetchall()), 0
+        else:
+            rows = conn.execute(
+                "SELECT key, at FROM seen ORDER BY at DESC LIMIT %s", (seen_limit + 1,)
+            ).fetchall()
+            seen, floor = newest(rows, seen_limit)
         start = conn.execute("SELECT value FROM meta WHERE key = %s", (START_KEY,)).fetchone()
         rows = conn.execute(
             "SELECT id, webhook, stage, attempts, job, body, response, created_at, next_at "
@@ -144,7 +154,9 @@ def read_snapshot(conn: psycopg.Connection[Any], fresh: bool) -> Snapshot:
     except (ValueError, KeyError, TypeError) as exc:
         raise StateError(f"PostgreSQL state holds a malformed outbox row ({exc})") from exc
     position = None if start is None else int(start[0])
-    return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs, start=position)
+    return Snapshot(
+        fresh=fresh, cursors=cursors, seen=seen, jobs=jobs, start=position, seen_floor=floor
+    )
 
 
 def replace_all(
@@ -195,6 +207,7 @@ class PgState(CommandWriter):
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._held: list[tuple[Command, asyncio.Future[None]]] = []  # lazy writes (LINGER)
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._reader: psycopg.AsyncConnection[Any] | None = None  # seen_among's
 
     def __repr__(self) -> str:
         return f"PgState({self.target.safe_url}, schema={self.target.schema!r})"
@@ -215,15 +228,16 @@ class PgState(CommandWriter):
             raise StateUnavailable(f"PostgreSQL at {self.target.safe_url}: {exc}") from exc
         return conn
 
-    def open(self) -> Snapshot:
-        """Create or migrate the schema, read the state back. Blocking: call in a thread."""
+    def open(self, *, seen_limit: int | None = None) -> Snapshot:
+        """Create or migrate the schema, read the state back (``seen_limit``: only the newest
+        so many processed keys). Blocking: call in a thread."""
         conn = self.connect_sync()
         try:
             found = migrate(conn, self.target.schema)
             conn.execute(self.target.setup_sql()[-1].encode())
             # Fresh = nothing ever processed (not "schema just created"): with HA the schema
             # is made by whichever replica starts first, the state by the first active one.
-            snap = read_snapshot(conn, fresh=True)
+            snap = read_snapshot(conn, fresh=True, seen_limit=seen_limit)
             snap.fresh = found == 0 or not (
                 snap.cursors or snap.seen or snap.jobs or snap.start is not None
             )
@@ -248,6 +262,7 @@ class PgState(CommandWriter):
             await self._task
             self._task = None
         await self._drop()
+        await self._drop_reader()
 
     # -- writes (each returns a future resolved after commit) ------------------------------
 
@@ -273,6 +288,43 @@ class PgState(CommandWriter):
         held, self._held = self._held, []
         for item in held:
             self._queue.put_nowait(item)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def seen_among(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the ``seen`` table holds (committed), on a connection of its own
+        (the writer's is inside its transactions); a lost connection is retried for
+        ``retry_for`` seconds, as the writes are, then StateUnavailable."""
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.1
+        while True:
+            try:
+                if self._reader is None or self._reader.closed:
+                    reader = await psycopg.AsyncConnection.connect(
+                        self.target.url, **self.target.kwargs()
+                    )
+                    self._reader = reader
+                    for stmt in self.target.setup_sql():
+                        await reader.execute(stmt.encode())
+                cur = await self._reader.execute(
+                    "SELECT key FROM seen WHERE key = ANY(%s)", (list(keys),)
+                )
+                return {row[0] for row in await cur.fetchall()}
+            except psycopg.OperationalError as exc:
+                await self._drop_reader()
+                if time.monotonic() + delay > deadline:
+                    raise StateUnavailable(f"seen lookup failed: {exc}") from exc
+                log.warning("seen lookup: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except psycopg.Error as exc:
+                raise StateError(f"seen lookup failed: {exc}") from exc
+
+    async def _drop_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._reader.close()
+            self._reader = None
 
     def open_history(self) -> history_pg.PgHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""

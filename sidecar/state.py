@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sidecar import history_sqlite, writes
@@ -88,10 +88,11 @@ class State(CommandWriter):
         """
         return StateFile(state_dir / DB_NAME).reset()
 
-    def open(self) -> Snapshot:
-        """Lock, open (or create) the file, check its schema, read it back. Blocking: call in
-        a thread. Nothing is written to a file that is refused."""
-        self._conn, snapshot = self._file.open()
+    def open(self, *, seen_limit: int | None = None) -> Snapshot:
+        """Lock, open (or create) the file, check its schema, read it back (``seen_limit``:
+        only the newest so many processed keys). Blocking: call in a thread. Nothing is
+        written to a file that is refused."""
+        self._conn, snapshot = self._file.open(seen_limit=seen_limit)
         return snapshot
 
     def start_writer(self) -> None:
@@ -188,6 +189,30 @@ class State(CommandWriter):
         self._queued += len(held)
         for item in held:
             self._queue.put(item)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def seen_among(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the ``seen`` table holds (committed). On the loop's own
+        connection: a WAL reader waits for no writer, and a primary-key lookup costs less
+        than a hand-off to a thread; should it fail (never waits: busy timeout 0), a thread
+        asks on a connection of its own."""
+        conn = self._inline
+        if conn is not None:
+            try:
+                return _seen_among(conn, keys)
+            except sqlite3.Error as exc:
+                log.debug("seen lookup on the loop failed (%s); asking from a thread", exc)
+        return await asyncio.to_thread(self._seen_among_blocking, list(keys))
+
+    def _seen_among_blocking(self, keys: list[str]) -> set[str]:
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            return _seen_among(conn, keys)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the seen table of {self.path}: {exc}") from exc
+        finally:
+            conn.close()
 
     def open_history(self) -> history_sqlite.SqliteHistory:
         """The history on a connection of its own (the daemon's poller). Blocking."""
@@ -304,6 +329,19 @@ def write_sqlite(conn: sqlite3.Connection, rows: Rows) -> None:
         history_sqlite.insert(conn, rows.history)
     if rows.prune is not None:
         conn.execute("DELETE FROM seen WHERE at < ?", (rows.prune,))
+
+
+SEEN_CHUNK = 500  # keys per ``IN (...)`` (SQLite's default limit is 999 variables before 3.32)
+
+
+def _seen_among(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), SEEN_CHUNK):
+        chunk = keys[i : i + SEEN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT key FROM seen WHERE key IN ({marks})", chunk)
+        found.update(row[0] for row in rows)
+    return found
 
 
 def _resolve(futures: list[asyncio.Future[None]], error: StateWriteError | None) -> None:

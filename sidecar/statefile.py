@@ -17,6 +17,7 @@ from pathlib import Path
 from sidecar import history_sqlite
 from sidecar.errors import StateError
 from sidecar.jobs import Job, Snapshot, job_from_row
+from sidecar.seen import newest
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ class StateFile:
             self.unlock()
         return aside
 
-    def open(self) -> tuple[sqlite3.Connection, Snapshot]:
-        """Lock, open (or create) the file, check its schema, read it back. Blocking."""
+    def open(self, *, seen_limit: int | None = None) -> tuple[sqlite3.Connection, Snapshot]:
+        """Lock, open (or create) the file, check its schema, read it back (``seen_limit``:
+        only the newest so many processed keys). Blocking."""
         state_dir = self.path.parent
         try:
             if not state_dir.exists():
@@ -89,7 +91,7 @@ class StateFile:
         self.lock()
         try:
             self._create_file()
-            return self._connect()
+            return self._connect(seen_limit)
         except BaseException:
             self.unlock()
             raise
@@ -104,7 +106,7 @@ class StateFile:
         except OSError as exc:
             raise StateError(f"cannot create state file {self.path}: {exc}") from exc
 
-    def _connect(self) -> tuple[sqlite3.Connection, Snapshot]:
+    def _connect(self, seen_limit: int | None) -> tuple[sqlite3.Connection, Snapshot]:
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -119,7 +121,7 @@ class StateFile:
             # the writer at a commit, they would hold every delivery waiting for that commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(conn, version)
-            snapshot = read_snapshot(conn, fresh=not tables)
+            snapshot = read_snapshot(conn, fresh=not tables, seen_limit=seen_limit)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -237,14 +239,23 @@ def move_legacy_start(conn: sqlite3.Connection) -> None:
     log.info("state file: start position moved from the cursor table to meta")
 
 
-def read_snapshot(conn: sqlite3.Connection, *, fresh: bool) -> Snapshot:
-    """Cursors, the start position, seen keys and unfinished jobs."""
+def read_snapshot(
+    conn: sqlite3.Connection, *, fresh: bool, seen_limit: int | None = None
+) -> Snapshot:
+    """Cursors, the start position, seen keys (all, or the newest ``seen_limit``) and
+    unfinished jobs."""
     cursors = dict(conn.execute("SELECT channel_id, create_at FROM cursor").fetchall())
-    seen = dict(conn.execute("SELECT key, at FROM seen").fetchall())
+    if seen_limit is None:
+        seen, floor = dict(conn.execute("SELECT key, at FROM seen").fetchall()), 0
+    else:
+        rows = conn.execute("SELECT key, at FROM seen ORDER BY at DESC LIMIT ?", (seen_limit + 1,))
+        seen, floor = newest(rows, seen_limit)
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (START_KEY,)).fetchone()
     jobs: list[Job] = [job_from_row(r) for r in conn.execute(_JOBS)]
     start = None if row is None else int(row[0])
-    return Snapshot(fresh=fresh, cursors=cursors, seen=seen, jobs=jobs, start=start)
+    return Snapshot(
+        fresh=fresh, cursors=cursors, seen=seen, jobs=jobs, start=start, seen_floor=floor
+    )
 
 
 def warn_if_readable(path: Path) -> None:

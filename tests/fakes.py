@@ -10,7 +10,7 @@ raised instead of answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from sidecar.health import Metrics
 from sidecar.models import Channel, Post, Team, User
 from sidecar.outbox import Counters
 from sidecar.reply import ReplySettings
+from sidecar.seen import newest
 from sidecar.state import Job, Snapshot
 
 TOKEN = "zmigewsanbbsdf59xnmduzypjc"
@@ -163,12 +164,19 @@ class FakeRest:
         return {"id": f"r{len(self.created)}", "props": {"from_webhook": "true"}}
 
 
+async def nothing_seen(asked: Sequence[tuple[str, int]]) -> set[str]:
+    """``catchup.SeenCheck`` of a sidecar that processed nothing yet."""
+    return set()
+
+
 class FakeState:
-    """``state.State``: every write committed at once, kept for the test to read."""
+    """``state.State``: every write committed at once, kept for the test to read.
+    ``lookups``: the keys of each ``seen_among`` call."""
 
     def __init__(self) -> None:
         self.cursors: dict[str, int] = {}
         self.seen: dict[str, int] = {}
+        self.lookups: list[list[str]] = []
         self.jobs: list[Job] = []
         self.finished: list[tuple[str, tuple[Any, ...] | None]] = []
         self.updates: list[Job] = []
@@ -194,6 +202,10 @@ class FakeState:
     def prune_seen(self, horizon: int) -> None:
         pass
 
+    async def seen_among(self, keys: Sequence[str]) -> set[str]:
+        self.lookups.append(list(keys))
+        return {k for k in keys if k in self.seen}
+
     def update_job(self, job: Job) -> asyncio.Future[None]:
         self.updates.append(job)
         return done()
@@ -206,9 +218,17 @@ class FakeState:
         """The history outcome of each finished job, in order."""
         return [entry[11] for _, entry in self.finished if entry is not None]
 
-    def snapshot(self, *, fresh: bool = False) -> Snapshot:
+    def snapshot(self, *, fresh: bool = False, seen_limit: int | None = None) -> Snapshot:
+        """What ``open(seen_limit=)`` reads back."""
+        newest_first = sorted(self.seen.items(), key=lambda item: -item[1])
+        seen, floor = newest(newest_first, seen_limit)
         return Snapshot(
-            fresh=fresh, cursors=dict(self.cursors), seen=dict(self.seen), jobs=[], start=self.start
+            fresh=fresh,
+            cursors=dict(self.cursors),
+            seen=seen,
+            jobs=[],
+            start=self.start,
+            seen_floor=floor,
         )
 
 

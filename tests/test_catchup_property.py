@@ -20,11 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar import __version__
+from sidecar import __version__, seen
 from sidecar.config import parse_config
 from sidecar.dispatch import Dispatcher
 from sidecar.events import Event, Posted, PostEdited, ReactionAdded
@@ -187,12 +188,13 @@ class FakeRest:
 
 
 class FakeState:
-    """What `State` keeps on disk, committed at once."""
+    """What `State` keeps on disk, committed at once; ``lookups``: keys asked of the table."""
 
     def __init__(self) -> None:
         self.cursors: dict[str, int] = {}
         self.seen: dict[str, int] = {}
         self.start: int | None = None
+        self.lookups = 0
 
     def _done(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -213,13 +215,21 @@ class FakeState:
         self.start = position
         return self._done()
 
+    async def seen_among(self, keys: list[str]) -> set[str]:
+        self.lookups += len(keys)
+        return {k for k in keys if k in self.seen}
+
     def snapshot(self) -> Snapshot:
+        """What the daemon's start reads: the newest SEEN_IN_MEMORY keys, and the floor."""
+        newest_first = sorted(self.seen.items(), key=lambda item: -item[1])
+        keys, floor = seen.newest(newest_first, seen.SEEN_IN_MEMORY)
         return Snapshot(
             fresh=not self.cursors and self.start is None,
             cursors=dict(self.cursors),
-            seen=dict(self.seen),
+            seen=keys,
             jobs=[],
             start=self.start,
+            seen_floor=floor,
         )
 
 
@@ -385,6 +395,7 @@ class World:
             await self.end_gap()
 
 
+TINY_CAP = 3  # processed keys in memory (seen.SEEN_IN_MEMORY) during the property test
 dt = st.integers(0, 30_000)
 index = st.integers(0, 10_000)
 post_op = st.tuples(
@@ -433,7 +444,9 @@ def test_catch_up_delivers_every_event_exactly_once(
             await world.apply(op)
         await world.end_gap()
 
-    asyncio.run(run())
+    # A tiny cache of processed keys: evictions, and lookups in the table, in most examples.
+    with patch.object(seen, "SEEN_IN_MEMORY", TINY_CAP):
+        asyncio.run(run())
     got = Counter(world.outbox.ids)
     twice = sorted(i for i, n in got.items() if n > 1)
     assert not twice, f"delivered more than once: {twice}"
@@ -465,3 +478,35 @@ def test_the_oracle_is_not_vacuous() -> None:
 
     asyncio.run(run())
     assert len(world.must) == 5 and world.must == set(world.outbox.ids)
+
+
+def test_the_tiny_cache_evicts_and_asks_the_table() -> None:
+    """With TINY_CAP keys in memory, the property test's kind of script evicts keys, asks the
+    table for the evicted ones (live and in catch-up, also after a restart that loaded only
+    the newest keys), and still delivers each event once."""
+    world = World(0, 1)
+    script: list[tuple[Any, ...]] = [("post", 0, "alice", 0, 5) for _ in range(5)]
+    script += [
+        ("react", 0, "tada", "bob", 5),  # on the oldest post: its key is long evicted
+        ("gap", "sidecar", 5),
+        ("react", 0, "eyes", "alice", 5),
+        ("end", 5),  # a restart: the newest TINY_CAP keys loaded, catch-up asks the table
+        ("gap", "drop", 5),
+        ("post", 0, "bob", 0, 5),
+        ("end", 5),  # the resume repeats the last events
+    ]
+
+    async def run() -> None:
+        await world.start()
+        for op in script:
+            await world.apply(op)
+
+    with patch.object(seen, "SEEN_IN_MEMORY", TINY_CAP):
+        asyncio.run(run())
+    assert world.dispatcher is not None
+    assert world.dispatcher.progress.seen.floor > 0  # keys were evicted
+    assert len(world.dispatcher.progress.seen) <= TINY_CAP + 1
+    # Live: bob's reaction; catch-up: alice's (bob's is among the newest keys loaded).
+    assert world.state.lookups == 2
+    assert len(world.must) == 8
+    assert sorted(world.outbox.ids) == sorted(world.must)

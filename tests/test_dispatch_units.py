@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from fakes import ALICE, BOT, CHANNEL, TEAM, FakeRest, FakeState, RecordingOutbox, config, metrics
+from fakes import (
+    ALICE,
+    BOT,
+    CHANNEL,
+    TEAM,
+    FakeRest,
+    FakeState,
+    RecordingOutbox,
+    config,
+    metrics,
+    nothing_seen,
+)
 
 from sidecar.catchup import PAGE_LIMIT, _posts_page, collect
 from sidecar.dispatch import Dispatcher
@@ -108,7 +119,7 @@ async def test_a_malformed_posts_page_after_a_full_page_is_a_bad_answer(
         cursors={},
         default_cursor=NOW - 100,
         window_start=0,
-        seen=set(),
+        seen=nothing_seen,
         channels=[(CHANNEL, TEAM)],
     )
     assert found.items == [] and found.channels == 1  # the channel is skipped, as one refused
@@ -165,7 +176,7 @@ async def test_catch_up_yields_the_websocket_s_typed_events() -> None:
         cursors={},
         default_cursor=NOW - 100,
         window_start=0,
-        seen=set(),
+        seen=nothing_seen,
         channels=[(CHANNEL, TEAM)],
     )
     assert [item.event for item in found.items] == [
