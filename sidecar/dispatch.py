@@ -255,6 +255,8 @@ class Dispatcher:
         ctx = Context(
             event=event, post=post, channel=channel, team=team, actor=actor, reaction=reaction
         )
+        if not self.outbox.has_room:  # a burst or a long catch-up: at the pace of deliveries
+            await self.outbox.room()
         self.match_and_enqueue(ctx, key)
 
     async def _reaction(self, reaction: Reaction) -> None:

@@ -5,6 +5,10 @@ the first attempt and deleted when it is finished (reply posted, no reply wanted
 failed), so a crash at any point resumes it: a receiver may then see a retry, always with the
 same ``webhook-id``. At most ``max_in_flight`` callback requests run at once; the rest wait
 here (their rows are already in the outbox), and one slow callback holds only its own slot.
+At most ``backlog`` jobs are held in memory: beyond that the dispatcher waits (``room``) for
+deliveries to finish, so a burst or a long catch-up is handed over at the pace it is delivered
+instead of becoming one task per job at once (the websocket's queue and the posts not yet
+caught up wait upstream).
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ class Counters:
     dead_letters: int = 0  # dead letters whose history row is committed (the gauge recounts)
 
 
+#: Jobs held in memory per callback slot (``max_in_flight``) before the dispatcher waits;
+#: at least BACKLOG_MIN.
+BACKLOG_PER_SLOT = 16
+BACKLOG_MIN = 1024
+
+
 class Outbox:
     """Runs jobs; owns their tasks. Constructing it does no I/O."""
 
@@ -75,14 +85,19 @@ class Outbox:
         max_in_flight: int,
         on_fatal: Callable[[BaseException], None],
         delivery_retry: RetryPolicy = DELIVERY_RETRY,
+        backlog: int | None = None,
     ) -> None:
         self._delivery_retry = delivery_retry
+        self.backlog = backlog or max(BACKLOG_PER_SLOT * max_in_flight, BACKLOG_MIN)
+        self._room = asyncio.Event()  # set while fewer than ``backlog`` jobs are held
+        self._room.set()
         self._state = state
         self._callbacks = callbacks
         self.replier = replier
         self._metrics = metrics
         self._live = live  # see sidecar.runtime for which runtime each step reads
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots_total = max_in_flight
         self._on_fatal = on_fatal
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()  # job ids queued or in flight (redelivery skips them)
@@ -94,6 +109,26 @@ class Outbox:
     def depth(self) -> int:
         """Jobs not finished yet."""
         return len(self._tasks)
+
+    @property
+    def has_room(self) -> bool:
+        """Fewer than ``backlog`` jobs are held: the dispatcher may hand over more."""
+        return len(self._tasks) < self.backlog
+
+    async def room(self) -> None:
+        """Wait until fewer than ``backlog`` jobs are held (logged when it has to wait)."""
+        if self.has_room:
+            return
+        started = time.monotonic()
+        log.info(
+            "outbox full (%d jobs held, %d in flight at most): dispatching waits for deliveries",
+            len(self._tasks),
+            self._slots_total,
+        )
+        while len(self._tasks) >= self.backlog:
+            self._room.clear()
+            await self._room.wait()
+        log.info("outbox has room again after %.1f s", time.monotonic() - started)
 
     def running(self, job_id: str) -> bool:
         """Whether this job is queued or in flight here (a redelivery of it must wait)."""
@@ -112,6 +147,8 @@ class Outbox:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if len(self._tasks) < self.backlog:
+            self._room.set()
         if not task.cancelled() and task.exception() is not None:
             self._on_fatal(task.exception())  # type: ignore[arg-type]
 

@@ -58,6 +58,7 @@ class Tuning:
     history_prune_every: float = 600.0
     delivery_retry: RetryPolicy = DELIVERY_RETRY  # waits between attempts of a callback
     reply_retry: RetryPolicy = REPLY_RETRY  # waits between attempts to post a reply
+    outbox_backlog: int | None = None  # jobs held in memory (None: outbox.BACKLOG_PER_SLOT…)
 
 
 DEFAULT_TUNING = Tuning()
@@ -242,6 +243,7 @@ def build_pipeline(
         max_in_flight=s.max_in_flight,
         on_fatal=on_fatal,
         delivery_retry=t.delivery_retry,
+        backlog=t.outbox_backlog,
     )
     dispatcher = Dispatcher(
         rest=rest,

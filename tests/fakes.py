@@ -233,7 +233,9 @@ class FakeState:
 
 
 class RecordingOutbox:
-    """``outbox.Outbox.submit`` only: the jobs handed over, in order."""
+    """``outbox.Outbox.submit`` only: the jobs handed over, in order (always with room)."""
+
+    has_room = True
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []

@@ -234,6 +234,8 @@ class FakeState:
 
 
 class FakeOutbox:
+    has_room = True
+
     def __init__(self) -> None:
         self.ids: list[str] = []
 

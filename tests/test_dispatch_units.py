@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
@@ -223,3 +224,31 @@ async def test_an_event_is_matched_with_the_runtime_current_when_it_started() ->
     assert len(outbox.jobs) == 1  # matched with the rules it started with
     await d.dispatch(posted(post(2)))  # the next event: the new rules (not this channel)
     assert len(outbox.jobs) == 1
+
+
+class FullOutbox(RecordingOutbox):
+    """An outbox holding its backlog: ``room`` waits until the test frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.has_room = False
+        self.waiting = asyncio.Event()
+        self.freed = asyncio.Event()
+
+    async def room(self) -> None:
+        self.waiting.set()
+        await self.freed.wait()
+        self.has_room = True
+
+
+async def test_a_full_outbox_makes_the_dispatcher_wait_before_it_hands_over() -> None:
+    """Backpressure: a burst (or a long catch-up) is handed over at the pace of deliveries,
+    not turned into one task per job at once."""
+    rest, state, outbox = FakeRest(), FakeState(), FullOutbox()
+    d = dispatcher(rest, state, outbox)
+    task = asyncio.create_task(d.dispatch(posted(post(1))))
+    await outbox.waiting.wait()
+    assert outbox.jobs == [] and post(1).id not in state.seen  # nothing handed over yet
+    outbox.freed.set()
+    await task
+    assert len(outbox.jobs) == 1 and post(1).id in state.seen

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,8 +20,8 @@ import pytest
 
 import sidecar.dispatch
 import sidecar.mattermost
-from harness import World, make_config, running, wait_until
-from sidecar.testing.recorder import CallbackRecorder
+from harness import FAST, World, make_config, running, wait_until
+from sidecar.testing.recorder import CallbackRecorder, Reply
 
 DAY = 86_400_000
 TWO_HOURS = 7_200_000
@@ -238,3 +239,38 @@ async def test_resume_replay_duplicates_are_skipped_not_a_desync(
         await asyncio.sleep(0)
         assert app.gateway.connection_id == connection
     assert events(cb) == Counter({(f"m{i}", "posted"): 1 for i in range(6)})
+
+
+# -- a long catch-up is handed to the outbox at the pace of deliveries -------------------------
+
+
+async def test_a_long_catch_up_holds_at_most_the_outbox_backlog_in_memory(
+    world: World, cb: CallbackRecorder, tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """Before: every post a catch-up found became a job task at once (an hour of a busy
+    server: hundreds of thousands in memory). Now the dispatcher waits for room."""
+    config = make_config(world, tmp_path, [hook(cb, "posted")], max_in_flight=1)
+    async with running(config):
+        world.mm.post(world.alice["id"], world.dev["id"], "before")
+        await cb.wait_for(1)
+    texts = [f"missed {i}" for i in range(12)]
+    for text in texts:
+        world.mm.post(world.alice["id"], world.dev["id"], text)
+    release = asyncio.Event()
+
+    async def held(req: Any) -> Reply:
+        await release.wait()
+        return Reply(200, {})
+
+    cb.respond_with(held)
+    async with running(config, tuning=replace(FAST, outbox_backlog=3)) as app:
+        await wait_until(lambda: "outbox full" in logs.text, what="the outbox full")
+        # "before", and the one in flight (max_in_flight 1); the other two wait for the slot.
+        await wait_until(lambda: len(cb.requests) == 2, what="the first held delivery")
+        assert app.pipeline is not None and app.pipeline.outbox.depth == 3
+        release.set()
+        await cb.wait_for(13)
+        await caught_up(logs)
+    # Each once (posts made in the same millisecond may be caught up in either order).
+    got = Counter(parse_qs(r.body.decode())["text"][0] for r in cb.requests)
+    assert got == Counter(["before", *texts])

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
 
+import pytest
 from fakes import (
     BOT,
     SETTINGS,
@@ -23,6 +25,7 @@ from fakes import (
     job,
 )
 
+from harness import wait_until
 from sidecar import history
 from sidecar.config import WebhookConfig
 from sidecar.delivery import Attempt, Failure
@@ -197,3 +200,66 @@ def _pending(j: Job) -> str:
     from sidecar.replies import _pending_id
 
     return _pending_id(j.id + j.redelivery_of, 0)
+
+
+class HeldCallbacks:
+    """``outbox.Callbacks`` whose every POST waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.reached = asyncio.Event()  # a POST is waiting for its answer
+        self.answer = asyncio.Event()
+
+    async def send(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout: float
+    ) -> Attempt:
+        self.sent += 1
+        self.reached.set()
+        await self.answer.wait()
+        return answer(200, b"")
+
+
+async def test_the_outbox_holds_at_most_its_backlog_then_has_room_when_jobs_finish(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.outbox")
+    callbacks = HeldCallbacks()
+    rig = Rig(callbacks)
+    outbox = Outbox(
+        state=cast(Any, rig.state),
+        callbacks=callbacks,
+        replier=Replier(rest=rig.rest, metrics=rig.metrics, retry=NO_WAIT.with_attempts(3)),
+        metrics=rig.metrics,
+        live=rig.live,
+        max_in_flight=1,
+        on_fatal=rig.fatal.append,
+        delivery_retry=NO_WAIT,
+        backlog=2,
+    )
+    assert outbox.has_room
+    outbox.submit([replace(job(), id="a/0"), replace(job(), id="b/0")], done())
+    assert not outbox.has_room  # two held: the dispatcher must wait
+    await callbacks.reached.wait()  # one in flight, one waiting for the slot
+    room = asyncio.create_task(outbox.room())
+    await wait_until(lambda: "outbox full" in caplog.text, what="the wait for room")
+    assert "outbox full (2 jobs held, 1 in flight at most)" in caplog.text
+    assert not room.done() and not outbox.has_room
+    callbacks.answer.set()  # the deliveries finish
+    await asyncio.wait_for(room, timeout=30)
+    assert outbox.has_room and "outbox has room again" in caplog.text
+    assert await outbox.drain(grace=30) == 0 and callbacks.sent == 2
+
+
+def test_the_default_backlog_is_sixteen_jobs_per_slot_and_at_least_1024() -> None:
+    rig = Rig(ScriptedCallbacks())
+    assert rig.outbox.backlog == 1024  # max_in_flight 4
+    big = Outbox(
+        state=cast(Any, rig.state),
+        callbacks=rig.callbacks,
+        replier=rig.outbox.replier,
+        metrics=Metrics("test2"),
+        live=rig.live,
+        max_in_flight=100,
+        on_fatal=rig.fatal.append,
+    )
+    assert big.backlog == 1600
