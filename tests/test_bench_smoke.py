@@ -19,6 +19,7 @@ import pytest
 from bench.instructions import _summary
 from bench.profile import summarize_profile
 from bench.report import format_table, latency_ms, percentile
+from bench.throughput import normalised
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +97,8 @@ def test_throughput_sidecar_and_forwarder(tmp_path: Path) -> None:
             assert t["value"] > 0
     assert "sidecar" in printed and "forwarder" in printed
     assert "PASS" in printed or "FAIL" in printed
+    assert [n["scenario"] for n in data["normalised"]] == ["max", "rate100"]
+    assert "divided by the emulator's CPU" in printed
 
 
 def test_throughput_mmpy_bot(tmp_path: Path) -> None:
@@ -145,6 +148,29 @@ def test_catchup(tmp_path: Path) -> None:
 
 
 # -- the pure helpers ----------------------------------------------------------------------------
+
+
+def test_the_normalised_ratio_divides_each_system_by_the_emulator_of_its_run() -> None:
+    def row(sut: str, rnd: int, cpu: float, emulator: float) -> dict[str, Any]:
+        return {
+            "sut": sut,
+            "scenario": "rate100",
+            "round": rnd,
+            "cpu_s_per_1000": cpu,
+            "emulator_cpu_s_per_1000": emulator,
+        }
+
+    rows = [
+        # Round 0 ran on a machine twice as fast for the forwarder: the raw ratio says 3.0,
+        # the emulator (same work in both runs) says the machine, not the forwarder, changed.
+        row("sidecar", 0, 3.0, 2.0),
+        row("forwarder", 0, 1.0, 1.0),
+        row("sidecar", 1, 2.0, 1.0),
+        row("forwarder", 1, 1.25, 1.0),
+        row("sidecar", 2, 3.0, 1.5),
+        row("forwarder", 2, 2.0, 1.5),
+    ]
+    assert normalised(rows) == [{"scenario": "rate100", "median": 1.5, "rounds": [1.5, 1.6, 1.5]}]
 
 
 def test_percentile_is_nearest_rank() -> None:
