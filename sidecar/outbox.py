@@ -69,6 +69,7 @@ class Counters:
 #: at least BACKLOG_MIN.
 BACKLOG_PER_SLOT = 16
 BACKLOG_MIN = 1024
+FULL_LOG_EVERY = 60.0  # seconds between two "outbox full" lines
 
 
 class Outbox:
@@ -89,8 +90,12 @@ class Outbox:
     ) -> None:
         self._delivery_retry = delivery_retry
         self.backlog = backlog or max(BACKLOG_PER_SLOT * max_in_flight, BACKLOG_MIN)
-        self._room = asyncio.Event()  # set while fewer than ``backlog`` jobs are held
+        self._low_water = self.backlog * 3 // 4  # a waiting dispatcher resumes at this depth
+        self._room = asyncio.Event()  # set while at most ``_low_water`` jobs are held
         self._room.set()
+        self._full_logged = -FULL_LOG_EVERY  # monotonic time of the last "outbox full" line
+        self._waits = 0  # waits for room since that line …
+        self._waited = 0.0  # … and their seconds
         self._state = state
         self._callbacks = callbacks
         self.replier = replier
@@ -116,19 +121,27 @@ class Outbox:
         return len(self._tasks) < self.backlog
 
     async def room(self) -> None:
-        """Wait until fewer than ``backlog`` jobs are held (logged when it has to wait)."""
+        """Wait until the held jobs are down to three quarters of ``backlog`` (so one wait
+        lets a quarter through, not one job). Logged at most once a minute, with what was
+        waited since the last line (a sustained overload waits many times a second)."""
         if self.has_room:
             return
         started = time.monotonic()
-        log.info(
-            "outbox full (%d jobs held, %d in flight at most): dispatching waits for deliveries",
-            len(self._tasks),
-            self._slots_total,
-        )
-        while len(self._tasks) >= self.backlog:
+        if started - self._full_logged >= FULL_LOG_EVERY:
+            log.info(
+                "outbox full (%d jobs held, %d in flight at most): dispatching waits for "
+                "deliveries (since the last such line: %d waits, %.1f s)",
+                len(self._tasks),
+                self._slots_total,
+                self._waits,
+                self._waited,
+            )
+            self._full_logged, self._waits, self._waited = started, 0, 0.0
+        while len(self._tasks) > self._low_water:
             self._room.clear()
             await self._room.wait()
-        log.info("outbox has room again after %.1f s", time.monotonic() - started)
+        self._waits += 1
+        self._waited += time.monotonic() - started
 
     def running(self, job_id: str) -> bool:
         """Whether this job is queued or in flight here (a redelivery of it must wait)."""
@@ -147,7 +160,7 @@ class Outbox:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if len(self._tasks) < self.backlog:
+        if len(self._tasks) <= self._low_water:
             self._room.set()
         if not task.cancelled() and task.exception() is not None:
             self._on_fatal(task.exception())  # type: ignore[arg-type]
