@@ -4,13 +4,15 @@ recorder. Tests import helpers from ``harness``, never from this module."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import harness
 from pg import pg_cluster, pg_url  # noqa: F401  (fixtures: a throw-away PostgreSQL)
 from sidecar import state
+from sidecar.backend import StateBackend
 from sidecar.testing.emulator import Emulator
 from sidecar.testing.recorder import CallbackRecorder
 
@@ -62,3 +64,16 @@ def restore_root() -> Iterator[None]:
     for h in handlers:
         root.addHandler(h)
     root.setLevel(level)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StateBackend]:
+    """A new state backend object on the same store each call (a restart), for each backend:
+    SQLite in ``tmp_path``, PostgreSQL in a throw-away cluster's database."""
+    if request.param == "sqlite":
+        return lambda: state.State(tmp_path)
+    from sidecar.pgconn import PgTarget
+    from sidecar.pgstate import PgState
+
+    url: str = request.getfixturevalue("pg_url")
+    return lambda: PgState(PgTarget(url, schema="mm_sidecar"))

@@ -1038,33 +1038,25 @@ def test_team_and_user_names_are_lowercased_like_mattermosts() -> None:
     assert hook.trigger_words == ("#Go",)  # trigger words keep their case
 
 
-def test_state_url_without_psycopg_is_a_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("package", "key", "value", "extra"),
+    [
+        ("psycopg", "state_url", '"postgresql://u@db/mm"', "postgresql"),
+        ("uvloop", "event_loop", '"uvloop"', "fast"),
+    ],
+)
+def test_a_key_whose_package_is_not_installed_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, key: str, value: str, extra: str
 ) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a)
     )
-    errors = errors_of(tmp_path, render({S: {"state_url": '"postgresql://u@db/mm"'}}))
+    errors = errors_of(tmp_path, render({S: {key: value}}))
     assert errors == [
-        "sidecar.state_url: needs psycopg: pip install 'mattermost-webhook-sidecar[postgresql]'"
-    ]
-
-
-def test_event_loop_uvloop_without_the_package_is_a_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
-    )
-    errors = errors_of(tmp_path, render({S: {"event_loop": '"uvloop"'}}))
-    assert errors == [
-        "sidecar.event_loop: needs uvloop: pip install 'mattermost-webhook-sidecar[fast]'"
+        f"sidecar.{key}: needs {package}: pip install 'mattermost-webhook-sidecar[{extra}]'"
     ]
 
 

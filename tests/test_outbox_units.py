@@ -45,7 +45,15 @@ def runtime(**webhook: Any) -> Runtime:
 
 
 class Rig:
-    def __init__(self, callbacks: Callbacks, *, retries: int = 2, **webhook: Any) -> None:
+    def __init__(
+        self,
+        callbacks: Callbacks,
+        *,
+        retries: int = 2,
+        max_in_flight: int = 4,
+        backlog: int | None = None,
+        **webhook: Any,
+    ) -> None:
         self.callbacks = callbacks
         self.rest = FakeRest()
         self.state = FakeState()
@@ -58,9 +66,10 @@ class Rig:
             replier=Replier(rest=self.rest, metrics=self.metrics, retry=NO_WAIT.with_attempts(3)),
             metrics=self.metrics,
             live=self.live,
-            max_in_flight=4,
+            max_in_flight=max_in_flight,
             on_fatal=self.fatal.append,
             delivery_retry=NO_WAIT,
+            backlog=backlog,
         )
 
     async def run(self) -> None:
@@ -224,18 +233,7 @@ async def test_the_outbox_holds_at_most_its_backlog_then_has_room_when_jobs_fini
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.outbox")
     callbacks = HeldCallbacks()
-    rig = Rig(callbacks)
-    outbox = Outbox(
-        state=cast(Any, rig.state),
-        callbacks=callbacks,
-        replier=Replier(rest=rig.rest, metrics=rig.metrics, retry=NO_WAIT.with_attempts(3)),
-        metrics=rig.metrics,
-        live=rig.live,
-        max_in_flight=1,
-        on_fatal=rig.fatal.append,
-        delivery_retry=NO_WAIT,
-        backlog=2,
-    )
+    outbox = Rig(callbacks, max_in_flight=1, backlog=2).outbox
     assert outbox.has_room
     outbox.submit([replace(job(), id="a/0"), replace(job(), id="b/0")], done())
     assert not outbox.has_room  # two held: the dispatcher must wait
@@ -260,15 +258,5 @@ async def test_the_outbox_holds_at_most_its_backlog_then_has_room_when_jobs_fini
 
 
 def test_the_default_backlog_is_sixteen_jobs_per_slot_and_at_least_1024() -> None:
-    rig = Rig(ScriptedCallbacks())
-    assert rig.outbox.backlog == 1024  # max_in_flight 4
-    big = Outbox(
-        state=cast(Any, rig.state),
-        callbacks=rig.callbacks,
-        replier=rig.outbox.replier,
-        metrics=Metrics("test2"),
-        live=rig.live,
-        max_in_flight=100,
-        on_fatal=rig.fatal.append,
-    )
-    assert big.backlog == 1600
+    assert Rig(ScriptedCallbacks()).outbox.backlog == 1024  # max_in_flight 4
+    assert Rig(ScriptedCallbacks(), max_in_flight=100).outbox.backlog == 1600

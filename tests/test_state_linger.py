@@ -39,18 +39,6 @@ def job(n: int) -> Job:
     return numbered_job(n, body=b"text=x", content_type="application/x-www-form-urlencoded")
 
 
-async def test_a_lone_finished_job_is_committed_after_the_linger(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(state_mod, "LINGER", 0.01)
-    state = await started_with_one_job(tmp_path)
-    await state.finish_job("msg_1/0")  # no other write follows: the timer commits it
-    assert state.commits == 2
-    assert state._queued == 0  # on the loop, as a lone write: never handed to the writer
-    await state.close()
-    assert (await reread(tmp_path)).jobs == []
-
-
 async def test_held_writes_go_to_the_writer_when_the_file_is_locked_at_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,18 +16,6 @@ from sidecar.state import State
 Factory = Callable[[], StateBackend]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def make_state(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """A new backend object on the same store each call (a restart), for each backend."""
-    if request.param == "sqlite":
-        return lambda: State(tmp_path)
-    from sidecar.pgconn import PgTarget
-    from sidecar.pgstate import PgState
-
-    url: str = request.getfixturevalue("pg_url")
-    return lambda: PgState(PgTarget(url, schema="mm_sidecar"))
-
-
 async def test_seen_among_answers_which_keys_the_table_holds(make_state: Factory) -> None:
     state = make_state()
     state.open()
