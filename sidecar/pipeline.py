@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -154,12 +155,17 @@ class Pipeline:
     # -- shutdown, in phases -----------------------------------------------------------------
 
     async def shutdown(self, grace: float) -> None:
-        """Stop reading → finish the events received → drain the jobs → cancel the rest."""
+        """Stop reading → finish the events received → drain the jobs → cancel the rest.
+
+        One ``grace`` for both: with a full outbox the dispatcher waits for deliveries, so
+        finishing the events received may take part of it (what is not dispatched by then is
+        not recorded either: the next start catches it up)."""
         await self.stop_reading()
+        deadline = time.monotonic() + grace
         await self.finish_received(grace)
         await self.cancel_tasks()
         in_flight = self.outbox.depth
-        left = await self.outbox.drain(grace)
+        left = await self.outbox.drain(max(0.0, deadline - time.monotonic()))
         c = self.outbox.counters
         log.info(
             "stopped: %d delivered, %d failed, %d replies; %d of %d in-flight jobs finished, "
