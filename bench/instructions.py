@@ -11,11 +11,17 @@ connected and warmed up (``--warmup`` posts); then counting starts, ``--n`` post
 handled alone, as at an ordinary rate), the count is dumped, and after ``--idle`` seconds with
 no posts it is dumped again: what the process spends per second doing nothing (timers, polls),
 which is taken out of the per-post figure and reported on its own.
+
+``--functions N`` (Python 3.12 or newer) also says where the instructions go: each system runs
+with ``-X perf``, which gives every Python function a small trampoline of machine code of its
+own and names it in ``/tmp/perf-PID.map``; the inclusive count callgrind gives each trampoline
+is then the inclusive count of that Python function (all it ran and called), per post.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import re
 import shutil
 import subprocess
@@ -42,6 +48,65 @@ def _summary(path: Path) -> int:
     return int(found.group(1))
 
 
+#: A line of ``callgrind_annotate --inclusive=yes`` for code without a symbol (a trampoline);
+#: a ``'2`` suffix marks a recursive call, already inside the outer call's count.
+_ANONYMOUS = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\?\?\?:0x([0-9a-f]+)('\d+)? \[\?\?\?\]")
+
+
+def read_perf_map(text: str) -> tuple[list[int], list[int], list[str]]:
+    """``/tmp/perf-PID.map`` lines (``START SIZE NAME``, hex) → sorted starts, ends, names."""
+    entries = []
+    for line in text.splitlines():
+        start, size, name = line.split(" ", 2)
+        entries.append((int(start, 16), int(start, 16) + int(size, 16), name.removeprefix("py::")))
+    entries.sort()
+    return [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
+
+
+def functions_of(annotated: str, perf_map: str) -> dict[str, int]:
+    """Python function → its inclusive instructions, from callgrind_annotate's inclusive
+    listing and the process's perf map. Callgrind may list a trampoline under more than one
+    address (its entry, and the code after the call returns): the largest count is the
+    entry's, which includes the call."""
+    starts, ends, names = read_perf_map(perf_map)
+    found: dict[str, int] = {}
+    for line in annotated.splitlines():
+        m = _ANONYMOUS.match(line)
+        if m is None or m.group(3):
+            continue
+        address = int(m.group(2), 16)
+        i = bisect.bisect_right(starts, address) - 1
+        if i >= 0 and address < ends[i]:
+            cost = int(m.group(1).replace(",", ""))
+            found[names[i]] = max(found.get(names[i], 0), cost)
+    return found
+
+
+def _short(name: str) -> str:
+    """``Outbox._run:/x/sidecar/outbox.py`` → ``Outbox._run (sidecar/outbox.py)``."""
+    function, _, path = name.partition(":")
+    for marker in ("site-packages/", "/lib/python3.", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    path = re.sub(r"^\d+/", "", path)  # the rest of "/lib/python3.12/"
+    return f"{function} ({path})" if path else function
+
+
+def top_functions(dump: Path, perf_map: Path, posts: int, top: int) -> list[dict[str, Any]]:
+    """The ``top`` Python functions of a callgrind dump by inclusive instructions per post."""
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    found = functions_of(annotated, perf_map.read_text(errors="replace"))
+    ranked = sorted(found.items(), key=lambda item: -item[1])[:top]
+    per_post = 1e3 * max(posts, 1)
+    return [{"function": _short(k), "k_ir_per_post": round(v / per_post, 1)} for k, v in ranked]
+
+
 def count(h: Harness, sut: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One system under callgrind: instructions per post and per idle second."""
     out = workdir / f"{sut}.callgrind"
@@ -54,6 +119,8 @@ def count(h: Harness, sut: str, workdir: Path, args: argparse.Namespace) -> dict
             *(sys.executable, "-m", "bench.forwarder", "--url", h.url, "--token", token),
             *("--callback", h.hook_url, "--loop", args.loop),
         ]
+    if args.functions:
+        command[1:1] = ["-X", "perf"]  # a trampoline per Python function (see the docstring)
     argv = [
         *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no"),
         *command,
@@ -75,13 +142,17 @@ def count(h: Harness, sut: str, workdir: Path, args: argparse.Namespace) -> dict
         _control("-d", "idle", str(proc.pid))
     finally:
         proc.stop(timeout=60)
+    perf_map = workdir / f"{sut}.perf-map"
+    if args.functions:
+        written = Path(f"/tmp/perf-{proc.pid}.map")
+        shutil.move(written, perf_map)
     dumps = sorted(workdir.glob(f"{out.name}.*"), key=lambda p: int(p.suffix[1:]))
     if len(dumps) < 2:
         raise RuntimeError(f"{sut}: callgrind wrote {len(dumps)} dumps, expected 2\n{proc.tail()}")
     loaded, idle = _summary(dumps[0]), _summary(dumps[1])
     per_second = idle / args.idle
     done = len(load.replied)
-    return {
+    row: dict[str, Any] = {
         "sut": sut,
         "posts": args.n,
         "replied": done,
@@ -90,6 +161,9 @@ def count(h: Harness, sut: str, workdir: Path, args: argparse.Namespace) -> dict
         "ir_idle_per_s_m": round(per_second / 1e6, 3),
         "ir_total_m": round(loaded / 1e6, 1),
     }
+    if args.functions:
+        row["functions"] = top_functions(dumps[0], perf_map, done, args.functions)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         default="asyncio",
         help="event loop of the sidecar and the forwarder alike (uvloop: the [fast] extra)",
     )
+    parser.add_argument(
+        "--functions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the N Python functions with the most inclusive instructions per post "
+        "(Python >= 3.12: -X perf trampolines)",
+    )
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/…)")
     args = parser.parse_args(argv)
@@ -113,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.warmup, args.idle, args.rate = 10, 5, 2.0, 5.0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (callgrind) is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    if args.functions and sys.version_info < (3, 12):
+        print("--functions needs Python 3.12 or newer (-X perf)", file=sys.stderr)
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.out.with_suffix("") if args.out else RESULTS / f"instructions-{stamp}"
@@ -137,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     print(format_table(headers, table))
+    for r in rows:
+        if "functions" in r:
+            title = "inclusive instructions per post (k; the load window's idle work included)"
+            print(f"\n{r['sut']}: {title}, by Python function")
+            table = [[f["k_ir_per_post"], f["function"]] for f in r["functions"]]
+            print(format_table(("k instr/post", "function"), table))
     print()
     print(targets_table(checks))
     print_footer(data, path, workdir)

@@ -128,6 +128,9 @@ class Dispatcher:
         if isinstance(item, Posted):
             self.metrics.child(self.metrics.events, "posted").inc()
             post = item.post
+            if post.user_id == self.me.id:  # the bot's own (a reply): fires nothing
+                self.progress.passed(post)
+                return
             channel = None
             if item.channel_type in ("O", "P", "D", "G") and item.channel_name:
                 channel = Channel(

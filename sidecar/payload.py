@@ -95,13 +95,21 @@ def go_form(fields: Mapping[str, str]) -> str:
     return "&".join(parts)
 
 
+#: What json.dumps(ensure_ascii=True) writes as it is: printable ASCII but ``"`` and ``\\``.
+_JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+
+
 def webhook_id(post_id: str, webhook_name: str, event: EventName, discriminator: str = "") -> str:
     """A ``webhook-id`` that is the same on every attempt and after a restart.
 
     ``discriminator`` separates distinct events on one post (an edit's time, a reaction's
     reactor and emoji) so receivers de-duplicating by id drop only true repeats.
     """
-    key = json.dumps([post_id, webhook_name, event, discriminator], ensure_ascii=True)
+    parts = (post_id, webhook_name, event, discriminator)
+    if all(_JSON_PLAIN.fullmatch(p) for p in parts):  # ids and names: json.dumps, for less
+        key = '["' + '", "'.join(parts) + '"]'
+    else:
+        key = json.dumps(list(parts), ensure_ascii=True)
     digest = hashlib.sha256(key.encode("ascii")).digest()[:18]
     return "msg_" + base64.urlsafe_b64encode(digest).decode("ascii")
 

@@ -435,8 +435,7 @@ def _split(
     Attachments go on the last part while the props fit in PROPS_MAX_RUNES, then on extra
     parts with no text; a single attachment too big alone has its text truncated.
     """
-    props_size = _json_size(props)
-    if props_size > PROPS_MAX_RUNES:
+    if not _surely_fits(props) and _json_size(props) > PROPS_MAX_RUNES:
         raise ReplyError(f"props are over {PROPS_MAX_RUNES} characters as JSON")
     chunks = [message[i : i + max_size] for i in range(0, len(message), max(max_size, 1))]
     posts = [_part(base, chunk, props) for chunk in chunks or [""]]
@@ -470,6 +469,18 @@ def _split(
             sizes[-1], counts[-1] = size - excess, 1
             break
     return posts
+
+
+def _surely_fits(props: Mapping[str, Any]) -> bool:
+    """Whether props of strings only (the usual reply's) are within PROPS_MAX_RUNES as JSON,
+    told without encoding them: no character takes more than 6 as JSON (``\\u003c``), and
+    strings cannot fail to encode."""
+    size = 2
+    for key, value in props.items():
+        if type(value) is not str:
+            return False
+        size += 6 * (len(key) + len(value)) + 6  # two quoted strings, a colon, a comma
+    return size <= PROPS_MAX_RUNES
 
 
 def _json_size(value: Any) -> int:

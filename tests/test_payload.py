@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -11,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from sidecar.config import FORM, JSON, WebhookConfig
@@ -333,3 +336,14 @@ def test_signature_verifies_with_the_standardwebhooks_library() -> None:
 
 def test_no_secrets_no_signature_headers() -> None:
     assert signature_headers("msg_x", 1, b"{}", []) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=4, max_size=4))
+def test_webhook_id_is_the_digest_of_the_json_key_whatever_the_names(parts: list[str]) -> None:
+    """The short cut for plain ids and names gives exactly the json.dumps key's digest."""
+    post_id, name, event, discriminator = parts
+    key = json.dumps([post_id, name, event, discriminator], ensure_ascii=True).encode("ascii")
+    digest = hashlib.sha256(key).digest()[:18]
+    expected = "msg_" + base64.urlsafe_b64encode(digest).decode("ascii")
+    assert webhook_id(post_id, name, event, discriminator) == expected  # type: ignore[arg-type]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sidecar import reply as reply_module
 from sidecar.config import WebhookConfig
 from sidecar.models import Post
 from sidecar.payload import go_json
@@ -537,3 +541,21 @@ def test_an_attachment_too_big_without_text_is_refused() -> None:
 def test_props_too_big_are_refused() -> None:
     with pytest.raises(ReplyError, match="props"):
         reply({"text": "x", "props": {"big": "x" * PROPS_MAX_RUNES}})
+
+
+def test_props_over_the_limit_only_once_escaped_are_refused() -> None:
+    """Each ``<`` is six characters as Go's JSON (``\\u003c``): counted, not its length."""
+    with pytest.raises(ReplyError, match="props"):
+        reply({"text": "x", "props": {"big": "<" * (PROPS_MAX_RUNES // 6 + 1)}})
+    reply({"text": "x", "props": {"big": "<" * (PROPS_MAX_RUNES // 7)}})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), st.text(max_size=30), max_size=5),
+    st.integers(min_value=2, max_value=300),
+)
+def test_props_said_to_fit_without_encoding_do_fit(props: dict[str, str], limit: int) -> None:
+    with patch.object(reply_module, "PROPS_MAX_RUNES", limit):
+        if reply_module._surely_fits(props):
+            assert len(go_json(props)) <= limit
