@@ -8,7 +8,6 @@ transaction that deletes its outbox row (fenced by the epoch like every write), 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,6 +25,7 @@ from sidecar.history import (
     redelivery_job,
     where_clause,
 )
+from sidecar.jobs import dumps_strings
 
 if TYPE_CHECKING:
     from sidecar.pgconn import PgTarget
@@ -88,7 +88,7 @@ async def insert(cur: psycopg.AsyncCursor[Any], rows: Sequence[tuple[Any, ...]])
 
 
 def _encoded(r: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*r[:11], str(r[11]), *r[12:17], json.dumps(r[17]), *r[18:])
+    return (*r[:11], str(r[11]), *r[12:17], dumps_strings(r[17]), *r[18:])
 
 
 class PgHistory:

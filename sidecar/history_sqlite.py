@@ -7,7 +7,6 @@ works on a connection of its own (the CLI's, or the daemon poller's), without an
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from sidecar.history import (
     redelivery_job,
     where_clause,
 )
+from sidecar.jobs import dumps_strings
 
 if TYPE_CHECKING:
     from sidecar.state import Job
@@ -81,7 +81,7 @@ BUSY_TIMEOUT_MS = 10_000  # how long the CLI and the poller wait for another wri
 
 def insert(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Write history rows (inside the caller's transaction)."""
-    encoded = [(*r[:17], json.dumps(r[17]), *r[18:]) for r in rows]
+    encoded = [(*r[:17], dumps_strings(r[17]), *r[18:]) for r in rows]
     conn.executemany(
         f"INSERT OR REPLACE INTO deliveries ({COLUMNS}) VALUES ({', '.join('?' * 23)})", encoded
     )

@@ -106,7 +106,7 @@ def webhook_id(post_id: str, webhook_name: str, event: EventName, discriminator:
     reactor and emoji) so receivers de-duplicating by id drop only true repeats.
     """
     parts = (post_id, webhook_name, event, discriminator)
-    if all(_JSON_PLAIN.fullmatch(p) for p in parts):  # ids and names: json.dumps, for less
+    if _JSON_PLAIN.fullmatch("".join(parts)):  # ids and names: what json.dumps gives, for less
         key = '["' + '", "'.join(parts) + '"]'
     else:
         key = json.dumps(list(parts), ensure_ascii=True)

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 from fakes import numbered_job
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pg import Cluster
 from sidecar import migrate, writes
-from sidecar.jobs import Job
+from sidecar.jobs import Job, dumps_strings, job_from_row
 from sidecar.pgconn import PgTarget
 from sidecar.pgstate import PgState
 from sidecar.state import DB_NAME, State
@@ -162,3 +165,29 @@ async def test_state_migrate_carries_the_start_position(tmp_path: Path, pg_url: 
     back = State(tmp_path / "b")
     assert back.open().start == 55
     await back.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), st.text(max_size=40), max_size=8))
+def test_dumps_strings_writes_what_json_dumps_writes(obj: dict[str, str]) -> None:
+    """The direct assembly for plain strings and the fallback alike (quotes, backslashes,
+    control characters and non-ASCII are escaped as json.dumps escapes them)."""
+    assert dumps_strings(obj) == json.dumps(obj)
+
+
+def test_dumps_strings_falls_back_for_values_that_are_not_strings() -> None:
+    assert dumps_strings({"a": 1, "b": None}) == '{"a": 1, "b": null}'  # type: ignore[dict-item]
+
+
+def test_a_job_row_reads_back_as_the_job() -> None:
+    job = numbered_job(3)
+    job.url = 'http://hook.example/x?q="é"&t=1'  # not plain: the json.dumps way
+    for j in (numbered_job(4), job):
+        row = writes.job_row(j)
+        back = job_from_row(row)
+        assert (back.id, back.url, back.webhook_id, back.post_id) == (
+            j.id,
+            j.url,
+            j.webhook_id,
+            j.post_id,
+        )
