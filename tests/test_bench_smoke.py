@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench.instructions import _summary
+from bench.instructions import _summary, functions_of
 from bench.profile import summarize_profile
 from bench.report import format_table, latency_ms, percentile
 from bench.throughput import normalised
@@ -255,6 +255,32 @@ def test_instructions_reads_the_summary_of_a_callgrind_dump(tmp_path: Path) -> N
     (tmp_path / "bad").write_text("events: Ir\n")
     with pytest.raises(RuntimeError, match="no summary"):
         _summary(tmp_path / "bad")
+
+
+# What callgrind_annotate --inclusive=yes prints for code without symbols: -X perf trampolines.
+ANNOTATED = """\
+--------------------------------------------------------------------------------
+210,254,768 (100.0%)  PROGRAM TOTALS
+1,648,870,224 (784.2%)  /x/Python/perf_trampoline.c:py_trampoline_evaluator'2 [/x/libpython3.12.so]
+  208,906,611 (99.36%)  ???:0x0000000005480934 [???]
+   86,952,508 (41.36%)  ???:0x0000000005486f41 [???]
+      152,000 ( 0.07%)  ???:0x0000000005486f4c [???]
+   99,000,000 (47.00%)  ???:0x0000000005486f41'2 [???]
+    5,000,000 ( 2.38%)  ???:0x0000000009000000 [???]
+"""
+PERF_MAP = """\
+5480930 b py::BaseEventLoop._run_once:/usr/lib/python3.12/asyncio/base_events.py
+5486f40 20 py::Outbox._run:/work/main/sidecar/outbox.py
+"""
+
+
+def test_instructions_names_trampolines_after_the_perf_map() -> None:
+    """Each address inside a trampoline counts for its function (the entry's count, the
+    largest); recursive entries ('2) and addresses outside every trampoline are left out."""
+    assert functions_of(ANNOTATED, PERF_MAP) == {
+        "BaseEventLoop._run_once:/usr/lib/python3.12/asyncio/base_events.py": 208_906_611,
+        "Outbox._run:/work/main/sidecar/outbox.py": 86_952_508,
+    }
 
 
 @pytest.mark.slow
