@@ -25,7 +25,7 @@ from sidecar.history import (
     redelivery_job,
     where_clause,
 )
-from sidecar.jobs import dumps_strings
+from sidecar.payload import dumps_strings
 
 if TYPE_CHECKING:
     from sidecar.pgconn import PgTarget

@@ -24,7 +24,7 @@ from sidecar.history import (
     redelivery_job,
     where_clause,
 )
-from sidecar.jobs import dumps_strings
+from sidecar.payload import dumps_strings
 
 if TYPE_CHECKING:
     from sidecar.state import Job

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: What json.dumps writes as it is: printable ASCII but ``"`` and ``\\``.
-_PLAIN = re.compile(r"[ !#-\[\]-~]*")
-
-
-def dumps_strings(obj: Mapping[str, str]) -> str:
-    """``json.dumps(obj)`` for an object of strings, put together directly when every key and
-    value is plain printable ASCII (ids, URLs, header values: each delivery writes two such
-    objects to the state), else by ``json.dumps``."""
-    try:
-        plain = _PLAIN.fullmatch("".join(obj) + "".join(obj.values())) is not None
-    except TypeError:  # not all strings
-        plain = False
-    if not plain:
-        return json.dumps(obj)
-    return "{" + ", ".join([f'"{k}": "{v}"' for k, v in obj.items()]) + "}"
+from sidecar.payload import dumps_strings
 
 
 @dataclass(slots=True)

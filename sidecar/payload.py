@@ -95,8 +95,21 @@ def go_form(fields: Mapping[str, str]) -> str:
     return "&".join(parts)
 
 
-#: What json.dumps(ensure_ascii=True) writes as it is: printable ASCII but ``"`` and ``\\``.
+#: What json.dumps (ensure_ascii) writes as it is: printable ASCII but ``"`` and ``\\``.
 _JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+
+
+def dumps_strings(obj: Mapping[str, str]) -> str:
+    """``json.dumps(obj)`` for an object of strings, put together directly when every key and
+    value is plain printable ASCII (ids, URLs, header values: each delivery writes two such
+    objects to the state), else by ``json.dumps``."""
+    try:
+        plain = _JSON_PLAIN.fullmatch("".join(obj) + "".join(obj.values())) is not None
+    except TypeError:  # not all strings
+        plain = False
+    if not plain:
+        return json.dumps(obj)
+    return "{" + ", ".join([f'"{k}": "{v}"' for k, v in obj.items()]) + "}"
 
 
 def webhook_id(post_id: str, webhook_name: str, event: EventName, discriminator: str = "") -> str:

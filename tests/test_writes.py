@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from pg import Cluster
 from sidecar import migrate, writes
-from sidecar.jobs import Job, dumps_strings, job_from_row
+from sidecar.jobs import Job, job_from_row
+from sidecar.payload import dumps_strings
 from sidecar.pgconn import PgTarget
 from sidecar.pgstate import PgState
 from sidecar.state import DB_NAME, State
