@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, Harness, Proc, sidecar_argv, sidecar_config, toml_str
+from bench.common import RESULTS, ROOT, Harness, Proc, sidecar_argv, sidecar_config, toml_str
 from bench.forwarder import LOOPS
 from bench.report import envelope, format_table, print_footer, target, targets_table, write_json
 
@@ -85,7 +85,7 @@ def functions_of(annotated: str, perf_map: str) -> dict[str, int]:
 def _short(name: str) -> str:
     """``Outbox._run:/x/sidecar/outbox.py`` → ``Outbox._run (sidecar/outbox.py)``."""
     function, _, path = name.partition(":")
-    for marker in ("site-packages/", "/lib/python3.", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.", f"{ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     path = re.sub(r"^\d+/", "", path)  # the rest of "/lib/python3.12/"
