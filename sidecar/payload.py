@@ -46,7 +46,7 @@ class Request:
     headers: Mapping[str, str]  # without the signature headers: those depend on the time
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Go's encoder escapes these for safe embedding in HTML and JavaScript; Python does not.
 _GO_ESCAPES = {
     "<": "\\u003c",

@@ -62,9 +62,9 @@ class State(CommandWriter):
         self._file = StateFile(self.path)
         self._queue: queue.SimpleQueue[tuple[Command, asyncio.Future[None]] | None]
         self._queue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._inline: sqlite3.Connection | None = None  # the loop's, never waits for a lock
+        self._loop_conn: sqlite3.Connection | None = None  # the loop's, never waits for a lock
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
         self.checkpoints = 0  # WAL checkpoints made (tests wait on it)
@@ -98,9 +98,11 @@ class State(CommandWriter):
     def start_writer(self) -> None:
         """Start the writer and checkpoint threads; call from the loop that awaits writes."""
         self._loop = asyncio.get_running_loop()
-        self._inline = self._file.connect_nowait()
-        self._thread = threading.Thread(target=self._writer, name="mm-sidecar-state", daemon=True)
-        self._thread.start()
+        self._loop_conn = self._file.connect_nowait()
+        self._writer_thread = threading.Thread(
+            target=self._writer, name="mm-sidecar-state", daemon=True
+        )
+        self._writer_thread.start()
         self._checkpointer = threading.Thread(
             target=self._checkpoints, name="mm-sidecar-checkpoint", daemon=True
         )
@@ -109,19 +111,19 @@ class State(CommandWriter):
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""
         self._flush_held()
-        if self._thread is not None:
+        if self._writer_thread is not None:
             self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            await asyncio.to_thread(self._writer_thread.join)
+            self._writer_thread = None
         if self._checkpointer is not None:
             self._stop_checkpoints.set()
             self._committed.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
-        for conn in (self._inline, self._conn):
+        for conn in (self._loop_conn, self._conn):
             if conn is not None:
                 conn.close()
-        self._inline = self._conn = None
+        self._loop_conn = self._conn = None
         self._file.unlock()
 
     # -- writes (each returns a future resolved after commit) ------------------------------
@@ -149,7 +151,7 @@ class State(CommandWriter):
     def _commit_inline(self, item: tuple[Command, asyncio.Future[None]] | None = None) -> bool:
         """Commit the held writes and ``item`` on the loop; False (nothing changed) when that
         fails or would wait for another process's lock: the writer thread then takes them."""
-        conn = self._inline
+        conn = self._loop_conn
         if conn is None:
             return False
         items = [*self._held] if item is None else [*self._held, item]
@@ -197,7 +199,7 @@ class State(CommandWriter):
         connection: a WAL reader waits for no writer, and a primary-key lookup costs less
         than a hand-off to a thread; should it fail (never waits: busy timeout 0), a thread
         asks on a connection of its own."""
-        conn = self._inline
+        conn = self._loop_conn
         if conn is not None:
             try:
                 return _seen_among(conn, keys)
