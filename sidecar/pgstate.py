@@ -4,7 +4,7 @@ The same contract as the SQLite backend (``sidecar.state.State``): ``open`` read
 snapshot (blocking, call it in a thread), every write returns a future resolved once its
 transaction is committed, and whatever is queued when the writer wakes is committed in one
 transaction, so a burst costs one commit. As there, the writes nobody waits on to send
-anything (a finished job, the cursor past a post that fired nothing, pruning) are held for up
+anything (a finished job, the cursor past a post that fired nothing) are held for up
 to ``state.LINGER`` s and ride in the next transaction: at an ordinary rate a post then costs
 one round trip to the server instead of three. The tables live in their own schema
 (``state_schema``), created and migrated by version under an advisory transaction lock, so two
